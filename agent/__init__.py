@@ -1,0 +1,42 @@
+"""orbitfl onboard agent: what runs on the satellite's flight computer.
+
+The agent depends only on numpy, msgpack, pyzmq, sgp4 and its compiled
+kernels.  Public names are imported lazily, so ``import agent`` stays cheap on
+a small computer and a module is loaded only when one of its names is used.
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> internal module that defines it
+_EXPORTS: dict[str, str] = {
+    # geometry
+    "Position": "agent._geo",
+    # gradient compression (issue 2)
+    "CompressionConfig": "agent._compression",
+    "CompressionType": "agent._compression",
+    "CompressedUpdate": "agent._compression",
+    "FederatedClient": "agent._compression",
+    # mesh networking (issue 5)
+    "SpaceMesh": "agent._mesh",
+    "MeshNode": "agent._mesh",
+    "Route": "agent._mesh",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'agent' has no attribute {name!r}") from None
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,22 @@
+"""``python -m agent COMMAND``: the onboard agent's command line."""
+
+import sys
+from collections.abc import Sequence
+
+from agent._cli import dispatch
+
+# command -> (module with add_arguments/main, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "compress-demo": (
+        "agent._cmd_compress_demo",
+        "compress a real-sized gradient with every method and print the sizes",
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return dispatch("agent", "orbitfl onboard agent", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""orbitfl ground segment: aggregation daemon, pass prediction, planning.
+
+The ground side may use heavier libraries (scipy, prometheus-client,
+matplotlib), installed with ``pip install .[ground]``.  Public names are
+imported lazily, each from the internal module that defines it.
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> internal module that defines it
+_EXPORTS: dict[str, str] = {
+    "Position": "agent._geo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'ground' has no attribute {name!r}") from None
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,17 @@
+"""``python -m ground COMMAND``: the ground segment's command line."""
+
+import sys
+from collections.abc import Sequence
+
+from agent._cli import dispatch
+
+# command -> (module with add_arguments/main, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return dispatch("ground", "orbitfl ground segment", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
