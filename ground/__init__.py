@@ -13,6 +13,11 @@ __version__ = "0.1.0"
 # public name -> internal module that defines it
 _EXPORTS: dict[str, str] = {
     "Position": "agent._geo",
+    "GradientAggregator": "ground._aggregate",
+    "AggregationSession": "ground._aggregate_session",
+    "AggregationStrategy": "ground._strategies",
+    "NotEnoughUpdates": "ground._aggregate_session",
+    "UpdateRejected": "ground._aggregate_updates",
 }
 
 __all__ = sorted(_EXPORTS)
