@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # geometry
     "Position": "agent._geo",
+    # pass prediction (issue 4)
+    "walker_tles": "agent._walker",
     # gradient compression (issue 2)
     "CompressionConfig": "agent._compression",
     "CompressionType": "agent._compression",

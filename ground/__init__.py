@@ -18,6 +18,8 @@ _EXPORTS: dict[str, str] = {
     "AggregationStrategy": "ground._strategies",
     "NotEnoughUpdates": "ground._aggregate_session",
     "UpdateRejected": "ground._aggregate_updates",
+    # pass prediction and sync scheduling (issue 4)
+    "walker_tles": "agent._walker",
 }
 
 __all__ = sorted(_EXPORTS)
