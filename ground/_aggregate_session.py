@@ -387,9 +387,6 @@ class AggregationSession:
     def _apply_round(self) -> None:
         delta = self._round.reduce()
         for name, flat in self._model.items():
-            step = delta[name]
-            if step.dtype != flat.dtype and not self._optimizer.stateless:
-                step = np.array(step)
-            self._optimizer.apply(name, flat, step, self._round.scratch)
+            self._optimizer.apply(name, flat, delta[name], self._round.scratch)
         self._round.clear()
         self.version += 1
