@@ -139,7 +139,7 @@ def robust_reduce(
     """Return the robust aggregate of ``rows`` (flat dense updates)."""
     n = len(rows)
     if n < agg.min_updates:
-        raise agg._not_enough(n)
+        raise not_enough(agg, n)
     out = {
         name: np.empty(spec.size, dtype=template.acc_dtype)
         for name, spec in template.tensors.items()
