@@ -23,6 +23,12 @@ SUITE=bookworm
 OPT=/opt/orbitfl
 PY_VERSION=3.11
 
+# Nothing from the host's pip configuration may leak into the root filesystem.
+in_rootfs() {
+    env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME=/root LANG=C.UTF-8 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        chroot "$ROOTFS" "$@"
+}
 log() { printf '[build_rootfs %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 stage_start() { STAGE_T0=$(date +%s); log "stage $1 ..."; }
@@ -94,7 +100,7 @@ if [ ! -e "$WORK/.debootstrap.done" ]; then
     stage_end debootstrap
 fi
 
-arch=$(chroot "$ROOTFS" uname -m)
+arch=$(in_rootfs uname -m)
 [ "$arch" = aarch64 ] || die "chroot uname -m says $arch, expected aarch64"
 
 # --- 5. aarch64 wheels, downloaded on the host ------------------------------
@@ -108,7 +114,7 @@ pin() {
     if [ -n "$v" ]; then echo "$1==$v"; else echo "$1"; fi
 }
 reqs=("$(pin numpy)" "$(pin msgpack)" "$(pin pyzmq)" "$(pin sgp4)"
-      "$(pin Cython)" setuptools wheel)
+      "$(pin Cython)" "$(pin setuptools)" "$(pin wheel)")
 req_key=$(printf '%s\n' "${reqs[@]}" | sha256sum | cut -c1-16)
 if [ ! -e "$WORK/.wheels-$req_key.done" ]; then
     stage_start "pip download (${reqs[*]})"
@@ -129,8 +135,9 @@ if [ ! -e "$WORK/.venv-$req_key.done" ]; then
     rm -rf "$ROOTFS$OPT/wheels" "$ROOTFS$OPT/venv"
     mkdir -p "$ROOTFS$OPT"
     cp -r "$WHEELS" "$ROOTFS$OPT/wheels"
-    chroot "$ROOTFS" /usr/bin/python3 -m venv "$OPT/venv"
-    chroot "$ROOTFS" "$OPT/venv/bin/pip" install -q --no-index \
+    in_rootfs /usr/bin/python3 -m venv "$OPT/venv"
+    # --upgrade: the venv comes with bookworm's older pip and setuptools.
+    in_rootfs "$OPT/venv/bin/pip" install -q --upgrade --no-index \
         --find-links "$OPT/wheels" "${reqs[@]}"
     touch "$WORK/.venv-$req_key.done"
     stage_end venv
@@ -159,7 +166,7 @@ mkdir -p "$ROOTFS$OPT/src"
 tar -xzf "$sdist" -C "$ROOTFS$OPT/src" --strip-components=1
 # No generated C from the host: Cython and gcc inside make their own.
 find "$ROOTFS$OPT/src/kernels_pyx" -name '*.c' -delete 2>/dev/null || true
-chroot "$ROOTFS" /bin/sh -c "cd $OPT/src && $OPT/venv/bin/python setup.py -q \
+in_rootfs /bin/sh -c "cd $OPT/src && $OPT/venv/bin/python setup.py -q \
     build_ext --inplace" >"$WORK/kernel-build.log" 2>&1 \
     || { tail -n 30 "$WORK/kernel-build.log" >&2; \
          die "kernel build failed, log in $WORK/kernel-build.log"; }
