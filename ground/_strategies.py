@@ -59,11 +59,16 @@ def axpy(acc: np.ndarray, weight: float, x: np.ndarray, scratch: np.ndarray) -> 
     would round it, whatever the block size.
     """
     w = acc.dtype.type(weight)
+    same = x.dtype == acc.dtype
     for start in blocks(acc.size):
         stop = min(start + BLOCK, acc.size)
         tmp = scratch[: stop - start]
-        tmp[...] = x[start:stop]
-        if w != 1:
+        if w == 1 and same:
+            tmp = x[start:stop]
+        elif same:
+            np.multiply(x[start:stop], w, out=tmp)
+        else:
+            tmp[...] = x[start:stop]
             np.multiply(tmp, w, out=tmp)
         np.add(acc[start:stop], tmp, out=acc[start:stop])
 
