@@ -6,7 +6,12 @@ from collections.abc import Sequence
 from agent._cli import dispatch
 
 # command -> (module with add_arguments/main, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "ground._cmd_demo",
+        "federated training across a constellation, end to end, on defaults",
+    ),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,298 @@
+"""One satellite of the demo, as its own process: train, hold, upload in contact.
+
+``python -m agent._demo_agent CONFIG.json`` runs it.  The agent
+
+- predicts its own contact windows from its TLE and the station list
+  (``agent._demo_orbit``), on the simulated clock all demo processes share;
+- stays silent outside those windows: the update waits in the durable SQLite
+  outbox (``agent._outbox``) until a window opens;
+- inside a window it says HELLO with the model version it holds, sends every
+  un-ACKed update, takes the new global model if the ground has one, trains
+  on its own ``.npz`` shard (``agent._mlp``), compresses the change with
+  error feedback when compression is configured, stores it durably and sends
+  it if the window is still open;
+- deletes an update from the outbox only when its ACK arrives.
+
+It composes the project's pieces (wire format, DEALER transport with CURVE,
+outbox, trainer) and adds the demo's only extra: an event log of JSON lines
+that the launcher reads to build the report.  It never imports scikit-learn.
+"""
+
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import _wire as W
+from agent._clock import SimClock
+from agent._demo_orbit import Station, Window, contact_windows
+from agent._keys import load_public, load_secret
+from agent._mlp import MLPTrainer
+from agent._outbox import Outbox
+from agent._transport import CurveClientKeys, DealerTransport
+
+logger = logging.getLogger(__name__)
+
+# How long to wait for the ground's answer to one message, in wall seconds.
+# A window lasts about a second of wall time at 600x, so keep this short.
+REPLY_WAIT_S = 0.05
+
+
+class EventLog:
+    """Append-only JSON lines, flushed per line so a killed process keeps them."""
+
+    def __init__(self, path: str | Path, clock: SimClock) -> None:
+        self._file = open(path, "a", buffering=1)
+        self._clock = clock
+
+    def write(self, event: str, **fields: Any) -> None:
+        record = {"t_sim_s": round(self._clock.elapsed_s(), 3), "event": event}
+        record.update(fields)
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Compressor:
+    """Top-k/quantised compression with error feedback, when configured."""
+
+    def __init__(self, config: dict[str, Any] | None) -> None:
+        self.client = None
+        if config:
+            from agent._compression import CompressionConfig, FederatedClient
+
+            self.client = FederatedClient(CompressionConfig(**config))
+
+    def encode(self, delta: dict[str, np.ndarray]) -> dict[str, Any]:
+        if self.client is None:
+            return {"delta": delta}
+        return {"update": self.client.compress(delta).to_wire()}
+
+
+class DemoAgent:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.id = config["id"]
+        self.clock = SimClock.from_dict(config["clock"])
+        self.end_s = float(config["end_sim_s"])
+        self.events = EventLog(config["events"], self.clock)
+        self.trainer = MLPTrainer.from_config(config["trainer"])
+        self.compressor = _Compressor(config.get("compression"))
+        self.outbox = Outbox(config["outbox"])
+        self.model: dict[str, np.ndarray] | None = None
+        self.model_version = -1
+        self.seq = 0
+        self.stopping = False
+        self.trained_version = -1
+        curve = None
+        if config.get("curve"):
+            public, secret = load_secret(config["curve"]["secret"])
+            curve = CurveClientKeys(
+                public, secret, load_public(config["curve"]["server_public"])
+            )
+        self.transport = DealerTransport(config["endpoint"], self.id, curve=curve)
+        stations = [Station.from_dict(s) for s in config["stations"]]
+        self.windows = contact_windows(
+            [tuple(config["tle"])],
+            stations,
+            self.clock.sim_epoch,
+            self.end_s,
+        )
+        self.events.write("start", windows=len(self.windows))
+
+    # -- messages --------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _send(self, message: W.Message) -> int:
+        data = W.encode(message)
+        self.transport.send(data)
+        return len(data)
+
+    def _send_pending(self, window: Window) -> None:
+        for entry in self.outbox.pending():
+            now_s = self.clock.elapsed_s()
+            data = W.encode_envelope(
+                W.MessageType.UPDATE, self.id, entry.round, entry.seq, now_s,
+                entry.body,
+            )  # fmt: skip
+            if not self.transport.send(data):
+                return
+            self.outbox.mark_sent(entry.round, entry.seq, now_s)
+            self.events.write(
+                "sent",
+                round=entry.round,
+                seq=entry.seq,
+                bytes=len(data),
+                station=window.station,
+                attempt=entry.attempts + 1,
+            )
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            message = W.decode(data)
+        except W.WireError as exc:
+            logger.warning(
+                "%s: dropped a bad message from the ground: %s", self.id, exc
+            )
+            return
+        if message.type is W.MessageType.MODEL:
+            version = int(message.body["version"])
+            if version > self.model_version:
+                self.model = {
+                    k: np.array(v, dtype=np.float32)
+                    for k, v in message.body["weights"].items()
+                }
+                self.model_version = version
+                self.events.write("model", version=version, bytes=len(data))
+        elif message.type is W.MessageType.ACK:
+            _, rnd, seq = message.body["of"]
+            if self.outbox.ack(rnd, seq):
+                self.events.write(
+                    "ack", round=rnd, seq=seq, duplicate=message.body["duplicate"]
+                )
+        elif message.type is W.MessageType.NACK:
+            _, rnd, seq = message.body["of"]
+            reason = message.body["reason"]
+            # A refused update is dropped for good, except one the ground was
+            # too busy or too early for; the demo's ground NACKs only stale ones.
+            if self.outbox.nack(rnd, seq):
+                self.events.write("nack", round=rnd, seq=seq, reason=reason)
+            logger.info("%s: update %d/%d refused: %s", self.id, rnd, seq, reason)
+
+    def _pump(self, until_wall: float) -> None:
+        """Handle replies until ``until_wall`` (Unix seconds) or nothing comes."""
+        while not self.stopping:
+            remaining = until_wall - time.time()
+            if remaining <= 0:
+                return
+            data = self.transport.recv(min(remaining, REPLY_WAIT_S))
+            if data is None:
+                return
+            self._handle(data)
+
+    def _train_and_store(self) -> None:
+        result = self.trainer.train(self.model, self.model_version)
+        body = W.update_body(
+            base_version=self.model_version,
+            num_samples=result.num_samples,
+            metrics=result.metrics,
+            **self.compressor.encode(result.delta),
+        )
+        seq, dropped = self.outbox.put(
+            self.model_version,
+            int(W.MessageType.UPDATE),
+            W.encode_body(W.MessageType.UPDATE, body),
+            self.clock.elapsed_s(),
+        )
+        self.trained_version = self.model_version
+        self.events.write(
+            "trained",
+            round=self.model_version,
+            seq=seq,
+            loss=result.metrics.get("loss"),
+            dropped=len(dropped),
+        )
+
+    # -- the loop ----------------------------------------------------------
+
+    def _window_wall_end(self, window: Window) -> float:
+        return self.clock.wall_start + self.clock.wall_seconds(
+            (window.end - self.clock.sim_epoch).total_seconds()
+        )
+
+    def _in_contact(self, window: Window) -> None:
+        end_wall = self._window_wall_end(window)
+        self.events.write(
+            "contact", station=window.station, duration_s=round(window.duration_s, 1)
+        )
+        self._send(
+            W.hello(
+                self.id,
+                self._next_seq(),
+                self.clock.elapsed_s(),
+                model_version=self.model_version,
+            )
+        )
+        self._send_pending(window)
+        trained_for = self.trained_version
+        while not self.stopping and time.time() < end_wall:
+            self._pump(end_wall)
+            if self.model is not None and self.model_version > trained_for:
+                self._train_and_store()
+                trained_for = self.model_version
+                if time.time() < end_wall:
+                    self._send_pending(window)
+                continue
+            if len(self.outbox) and time.time() < end_wall:
+                # Wait a little for ACKs, then resend what is still un-ACKed.
+                self._pump(min(end_wall, time.time() + 0.2))
+                if len(self.outbox):
+                    self._send_pending(window)
+                continue
+            self._pump(min(end_wall, time.time() + 0.1))
+
+    def run(self) -> int:
+        index = 0
+        try:
+            while not self.stopping:
+                now = self.clock.now()
+                if self.clock.elapsed_s() >= self.end_s:
+                    break
+                while index < len(self.windows) and self.windows[index].end <= now:
+                    index += 1
+                if index >= len(self.windows):
+                    time.sleep(0.1)
+                    continue
+                window = self.windows[index]
+                if window.start > now:
+                    wait_s = self.clock.wall_seconds(
+                        (window.start - now).total_seconds()
+                    )
+                    # Drain stray replies while waiting; never transmit.
+                    self._pump(time.time() + min(wait_s, 0.2))
+                    time.sleep(min(wait_s, 0.2))
+                    continue
+                self._in_contact(window)
+                index += 1
+        finally:
+            self.events.write(
+                "stop", outbox=len(self.outbox), model_version=self.model_version
+            )
+            self.events.close()
+            self.transport.close()
+            self.outbox.close()
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: python -m agent._demo_agent CONFIG.json", file=sys.stderr)
+        return 2
+    config = json.loads(Path(argv[0]).read_text())
+    logging.basicConfig(
+        level=config.get("log_level", "WARNING"),
+        format=f"%(asctime)s %(levelname)s {config['id']}: %(message)s",
+    )
+    agent = DemoAgent(config)
+
+    def stop(signum, frame) -> None:
+        agent.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,626 @@
+"""The demo launcher: federated training across a constellation, end to end.
+
+``run_demo(options)`` prepares a run in ``options.out`` and then starts, as
+separate processes, the ground aggregator (``ground._demo_ground``) and one
+agent per satellite (``agent._demo_agent``).  All of them compute the same
+simulated time from one ``SimClock`` (600x by default), so a day of orbits
+passes in a few minutes.  Per run the launcher:
+
+1. splits the data (``ground._data``) into per-satellite shards and a ground
+   test split;
+2. makes the orbits (a Walker constellation with its epoch at the start of
+   the run, or the user's TLEs starting at their epoch) and the station list;
+3. makes CURVE key pairs for the ground and every agent, and an allowlist
+   directory with the agents' public keys;
+4. starts the processes, shows progress, stops them at the end of the
+   simulated span, and reads their event logs and outboxes into a
+   ``RunSummary`` (``ground._report``).
+
+With ``compare`` it repeats the run as the dense synchronous FedAvg baseline
+on the same orbits, stations and data.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import _wire as W
+from agent._clock import SimClock
+from agent._demo_orbit import Station, Window, contact_windows, tle_epoch
+from agent._geo import Position
+from agent._keys import make_keypair
+from agent._mlp import init_weights
+from agent._outbox import Outbox
+from ground._data import DataSplit, prepare_data
+from ground._report import ContactRecord, RunSummary
+
+logger = logging.getLogger(__name__)
+
+# name, latitude (deg), longitude (deg), altitude (km), downlink / uplink
+# (Mbit/s), elevation mask (deg).  Coordinates of the real sites (KSAT,
+# SSC, NASA, CNES/ESA); rates are typical of S/X-band LEO ground terminals.
+DEFAULT_STATIONS: tuple[Station, ...] = (
+    Station("Svalbard", Position(78.2297, 15.3975, 0.5), 300.0, 10.0, 10.0),
+    Station("Fairbanks", Position(64.8594, -147.8497, 0.2), 150.0, 5.0, 10.0),
+    Station("Kiruna", Position(67.8833, 21.0667, 0.4), 150.0, 5.0, 10.0),
+    Station("Wallops", Position(37.9402, -75.4664, 0.0), 150.0, 5.0, 10.0),
+    Station("Kourou", Position(5.2515, -52.8047, 0.0), 100.0, 2.0, 10.0),
+    Station("Perth", Position(-31.8023, 115.8856, 0.0), 100.0, 2.0, 10.0),
+)
+
+# The default Walker constellation: 550 km, sun-synchronous-like inclination,
+# so every satellite passes the polar stations on most orbits.
+WALKER_ALTITUDE_KM = 550.0
+WALKER_INCLINATION_DEG = 97.6
+
+STRATEGIES = ("fedbuff", "fedasync", "fedavg")
+
+# The main run's update compression (agent._compression); None sends dense.
+DEFAULT_COMPRESSION: dict[str, Any] | None = None
+
+
+class DemoError(ValueError):
+    """A problem with the demo's input, stated in one line."""
+
+
+@dataclass
+class DemoOptions:
+    out: Path
+    agents: int = 8
+    strategy: str = "fedbuff"
+    compare: bool = False
+    tle: Path | None = None
+    stations: Path | None = None
+    data: Path | None = None
+    sim_hours: float = 18.0
+    speedup: float = 600.0
+    seed: int = 0
+    alpha: float = 0.5
+    hidden: tuple[int, ...] = (64,)
+    local_steps: int = 20
+    lr: float = 0.1
+    batch_size: int = 32
+    buffer_size: int = 4
+    compression: dict[str, Any] | None = field(default_factory=lambda: None)
+    curve: bool = True
+    startup_s: float = 4.0
+    log_level: str = "WARNING"
+
+
+# -- inputs ------------------------------------------------------------------
+
+
+def load_tle_file(path: Path) -> list[tuple[str, str, str]]:
+    """Read a CelesTrak two- or three-line file into ``(name, line1, line2)``.
+
+    Raises ``DemoError`` for an unreadable file, a file with no element set,
+    or a line pair that ``sgp4`` cannot parse (with the line number).
+    """
+    from sgp4.api import Satrec
+
+    from agent._tle import tle_checksum
+
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise DemoError(f"cannot read TLE file {path}: {exc.strerror}") from None
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    result, problems, name = [], [], None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if (
+            line.startswith("1 ")
+            and i + 1 < len(lines)
+            and lines[i + 1].startswith("2 ")
+        ):
+            l1, l2 = line, lines[i + 1]
+            for n, ln in ((i + 1, l1), (i + 2, l2)):
+                if (
+                    len(ln) < 69
+                    or not ln[68].isdigit()
+                    or int(ln[68]) != tle_checksum(ln)
+                ):
+                    problems.append(f"line {n} has a bad length or checksum")
+            try:
+                Satrec.twoline2rv(l1, l2)
+            except ValueError as exc:
+                problems.append(f"lines {i + 1}-{i + 2}: {exc}")
+            label = name or f"sat-{l1[2:7].strip()}"
+            result.append((label, l1, l2))
+            name = None
+            i += 2
+        else:
+            name = line.strip()[:24] or None
+            i += 1
+    if problems:
+        raise DemoError(f"TLE file {path}: " + "; ".join(problems[:3]))
+    if not result:
+        raise DemoError(
+            f"TLE file {path} holds no two-line element set (lines starting "
+            "'1 ' and '2 ')"
+        )
+    return result
+
+
+def load_stations_file(path: Path) -> list[Station]:
+    """Read ``name,lat_deg,lon_deg,alt_km,downlink_mbps,uplink_mbps[,min_el_deg]``.
+
+    One station per line; blank lines and lines starting with ``#`` are
+    skipped.  Every bad line is reported at once.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise DemoError(f"cannot read stations file {path}: {exc.strerror}") from None
+    stations, problems = [], []
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            if len(parts) not in (6, 7):
+                raise ValueError(f"has {len(parts)} fields")
+            numbers = [float(p) for p in parts[1:]]
+            stations.append(
+                Station(
+                    parts[0],
+                    Position(*numbers[:3]),
+                    numbers[3],
+                    numbers[4],
+                    numbers[5] if len(numbers) == 6 else 10.0,
+                )
+            )
+        except ValueError as exc:
+            problems.append(f"line {n} {exc}")
+    if problems:
+        raise DemoError(
+            f"stations file {path}: {'; '.join(problems[:3])}; expected "
+            "NAME,LAT_DEG,LON_DEG,ALT_KM,DOWNLINK_MBPS,UPLINK_MBPS[,MIN_EL_DEG]"
+        )
+    if not stations:
+        raise DemoError(f"stations file {path} lists no station")
+    return stations
+
+
+def check_options(options: DemoOptions) -> None:
+    problems = []
+    if options.agents < 1:
+        problems.append(f"--agents {options.agents}: need at least 1 agent")
+    if options.strategy not in STRATEGIES:
+        problems.append(
+            f"--strategy {options.strategy}: expected one of {', '.join(STRATEGIES)}"
+        )
+    if not options.sim_hours > 0:
+        problems.append(f"--hours {options.sim_hours}: must be positive")
+    if not options.speedup > 0:
+        problems.append(f"--speedup {options.speedup}: must be positive")
+    if problems:
+        raise DemoError("; ".join(problems))
+
+
+# -- one run -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dense_update_bytes(weights: dict[str, np.ndarray], sat_id: str) -> int:
+    """The wire size of one dense float32 UPDATE of this model."""
+    return len(
+        W.encode(
+            W.update(
+                sat_id, 0, 1, 0.0, base_version=0, num_samples=1,
+                metrics={"loss": 0.0, "train_accuracy": 0.0}, delta=weights,
+            )
+        )
+    )  # fmt: skip
+
+
+def _read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a process killed mid-line leaves a partial last line
+    return events
+
+
+@dataclass
+class _Run:
+    label: str
+    strategy: str
+    compression: dict[str, Any] | None
+    dir: Path
+    sat_ids: list[str]
+    tles: list[tuple[str, str, str]]
+    stations: list[Station]
+    epoch: datetime
+    data: DataSplit
+    options: DemoOptions
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(obj, indent=1))
+    return path
+
+
+def _launch(run: _Run, progress: Callable[[float, dict | None], None] | None):
+    """Start ground and agents, wait for the span to pass, stop them."""
+    o = run.options
+    d = run.dir
+    for sub in ("keys", "allow", "config", "events", "outbox", "logs"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+
+    curve_ground = None
+    if o.curve:
+        make_keypair(d / "keys", "ground")
+        curve_ground = {
+            "secret": str(d / "keys" / "ground.key_secret"),
+            "allow_dir": str(d / "allow"),
+        }
+        for sat in run.sat_ids:
+            public, _ = make_keypair(d / "keys", sat)
+            (d / "allow" / public.name).write_bytes(public.read_bytes())
+
+    end_sim_s = o.sim_hours * 3600.0
+    clock = SimClock(run.epoch, time.time() + o.startup_s, o.speedup)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    test_path = d / "ground_test.npz"
+    np.savez(test_path, X=run.data.X_test, y=run.data.y_test)
+    aggregator: dict[str, Any] = {}
+    if run.strategy == "fedbuff":
+        aggregator = {"buffer_size": o.buffer_size, "staleness_a": 0.5}
+    elif run.strategy == "fedasync":
+        aggregator = {"mixing": 0.5, "staleness_a": 0.5}
+    ground_cfg = {
+        "bind": endpoint,
+        "curve": curve_ground,
+        "clock": clock.to_dict(),
+        "strategy": run.strategy,
+        "aggregator": aggregator,
+        "model": {
+            "input_dim": run.data.input_dim,
+            "hidden": list(o.hidden),
+            "num_classes": run.data.num_classes,
+            "seed": o.seed,
+        },
+        "satellites": run.sat_ids,
+        "round_deadline_s": 4 * 3600.0,
+        "test_data": str(test_path),
+        "events": str(d / "events" / "ground.jsonl"),
+        "ready_file": str(d / "ground.ready"),
+        "log_level": o.log_level,
+    }
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    procs: dict[str, subprocess.Popen] = {}
+
+    def spawn(name: str, module: str, cfg: dict) -> subprocess.Popen:
+        path = _write_json(d / "config" / f"{name}.json", cfg)
+        log = open(d / "logs" / f"{name}.log", "w")
+        return subprocess.Popen(
+            [sys.executable, "-m", module, str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    procs["ground"] = spawn("ground", "ground._demo_ground", ground_cfg)
+    for sat, tle, shard in zip(
+        run.sat_ids, run.tles, run.data.shard_paths, strict=True
+    ):
+        procs[sat] = spawn(
+            sat,
+            "agent._demo_agent",
+            {
+                "id": sat,
+                "endpoint": endpoint,
+                "curve": None
+                if not o.curve
+                else {
+                    "secret": str(d / "keys" / f"{sat}.key_secret"),
+                    "server_public": str(d / "keys" / "ground.key"),
+                },
+                "clock": clock.to_dict(),
+                "end_sim_s": end_sim_s,
+                "tle": list(tle),
+                "stations": [s.to_dict() for s in run.stations],
+                "trainer": {
+                    "kind": "mlp",
+                    "data": str(shard),
+                    "hidden": list(o.hidden),
+                    "local_steps": o.local_steps,
+                    "lr": o.lr,
+                    "batch_size": o.batch_size,
+                    "seed": o.seed,
+                    "num_classes": run.data.num_classes,
+                },
+                "compression": run.compression,
+                "outbox": str(d / "outbox" / f"{sat}.sqlite"),
+                "events": str(d / "events" / f"{sat}.jsonl"),
+                "log_level": o.log_level,
+            },
+        )
+    _write_json(d / "pids.json", {name: p.pid for name, p in procs.items()})
+
+    ground_events = d / "events" / "ground.jsonl"
+    wall_started = time.time()
+    try:
+        while True:
+            ground_rc = procs["ground"].poll()
+            if ground_rc is not None:
+                raise DemoError(
+                    f"the ground process exited with code {ground_rc}; see "
+                    f"{d / 'logs' / 'ground.log'}"
+                )
+            elapsed = max(0.0, clock.elapsed_s())
+            if progress is not None:
+                models = [
+                    e for e in _read_events(ground_events) if e["event"] == "model"
+                ]
+                progress(min(elapsed, end_sim_s), models[-1] if models else None)
+            if elapsed >= end_sim_s:
+                break
+            time.sleep(0.5)
+    finally:
+        exit_codes = _stop_all(procs)
+    return clock, end_sim_s, exit_codes, time.time() - wall_started
+
+
+def _stop_all(procs: dict[str, subprocess.Popen], timeout_s: float = 10.0):
+    """SIGTERM everything still running, SIGKILL what does not stop in time."""
+    exit_codes = {name: p.poll() for name, p in procs.items()}
+    for name, p in procs.items():
+        if exit_codes[name] is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + timeout_s
+    for name, p in procs.items():
+        if exit_codes[name] is not None:
+            continue
+        try:
+            p.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop on SIGTERM; killing it", name)
+            p.kill()
+            p.wait()
+        # Exit code 0 after our SIGTERM: it was alive until the end.
+    return exit_codes
+
+
+def _summarise(
+    run: _Run, clock: SimClock, end_sim_s: float, exit_codes: dict, wall_s: float
+) -> RunSummary:
+    d = run.dir
+    ground = _read_events(d / "events" / "ground.jsonl")
+    agents = {sat: _read_events(d / "events" / f"{sat}.jsonl") for sat in run.sat_ids}
+    summary = RunSummary(
+        label=run.label,
+        strategy=run.strategy,
+        compression=_describe_compression(run.compression),
+        num_satellites=len(run.sat_ids),
+        sim_hours=end_sim_s / 3600.0,
+        wall_s=wall_s,
+    )
+    models = [e for e in ground if e["event"] == "model"]
+    summary.accuracy_curve = [
+        (e["t_sim_s"] / 3600.0 if e["why"] != "start" else 0.0, e["accuracy"],
+         e["version"])
+        for e in models
+    ]  # fmt: skip
+    summary.rounds = models[-1]["version"] if models else 0
+    summary.bytes_per_round = [e["round_bytes"] for e in models if e["why"] != "start"]
+    accepted = {
+        (e["sender"], e["round"], e["seq"])
+        for e in ground
+        if e["event"] == "update" and e["accepted"]
+    }
+    summary.updates_aggregated = len(accepted)
+    summary.extra["updates_rejected"] = sum(
+        1 for e in ground if e["event"] == "update" and not e["accepted"]
+    )
+
+    sent_ids, acked_ids, nacked_ids, held_ids = set(), set(), set(), set()
+    sends = 0
+    windows = contact_windows(run.tles, run.stations, run.epoch, end_sim_s)
+    used: set[tuple[str, str, int]] = set()
+    lost_satellites = []
+    for sat, events in agents.items():
+        code = exit_codes.get(sat)
+        if code is not None and code != 0:
+            lost_satellites.append(sat)
+        elif events and events[-1]["event"] != "stop":
+            lost_satellites.append(sat)
+        for e in events:
+            if e["event"] == "sent":
+                sent_ids.add((sat, e["round"], e["seq"]))
+                sends += 1
+                summary.bytes_sent += e["bytes"]
+                t_h = e["t_sim_s"]
+                for i, w in enumerate(windows):
+                    if (
+                        w.satellite == sat
+                        and w.station == e["station"]
+                        and (w.start - run.epoch).total_seconds() - 5 <= t_h
+                        and t_h <= (w.end - run.epoch).total_seconds() + 60
+                    ):
+                        used.add((sat, w.station, i))
+            elif e["event"] == "ack":
+                acked_ids.add((sat, e["round"], e["seq"]))
+            elif e["event"] == "nack":
+                nacked_ids.add((sat, e["round"], e["seq"]))
+        outbox_path = d / "outbox" / f"{sat}.sqlite"
+        if outbox_path.exists():
+            with Outbox(outbox_path) as box:
+                held_ids |= {(sat, x.round, x.seq) for x in box.pending()}
+    summary.updates_sent = len(sent_ids)
+    # Lost: sent, yet neither aggregated, nor refused with a NACK, nor still
+    # held in the satellite's outbox for a later pass.
+    lost = sent_ids - accepted - nacked_ids - held_ids
+    lost |= acked_ids - accepted
+    summary.updates_lost = len(lost)
+    summary.lost_satellites = sorted(lost_satellites)
+    dense = _dense_update_bytes(
+        init_weights(run.data.input_dim, run.options.hidden, run.data.num_classes, 0),
+        run.sat_ids[0],
+    )
+    summary.dense_bytes_equivalent = sends * dense
+    summary.contacts_predicted = len(windows)
+    summary.contacts_used = len(used)
+    used_index = {i for _, _, i in used}
+    summary.contacts = [
+        ContactRecord(
+            w.satellite,
+            w.station,
+            (w.start - run.epoch).total_seconds() / 3600.0,
+            (w.end - run.epoch).total_seconds() / 3600.0,
+            i in used_index,
+        )
+        for i, w in enumerate(windows)
+    ]
+    summary.extra.update(
+        {
+            "updates_held_in_outboxes": len(held_ids),
+            "updates_nacked": len(nacked_ids),
+            "transmissions": sends,
+            "dense_update_bytes": dense,
+            "exit_codes": exit_codes,
+            "sim_epoch": run.epoch.isoformat(),
+        }
+    )
+    return summary
+
+
+def _describe_compression(config: dict[str, Any] | None) -> str:
+    if not config:
+        return "dense float32"
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+# -- the whole demo ----------------------------------------------------------
+
+
+def prepare(options: DemoOptions) -> tuple[list, list[Station], datetime, DataSplit]:
+    """Validate inputs and build orbits, stations and data (no processes yet)."""
+    check_options(options)
+    stations = (
+        load_stations_file(options.stations)
+        if options.stations
+        else list(DEFAULT_STATIONS)
+    )
+    if options.tle is not None:
+        tles = load_tle_file(options.tle)
+        if len(tles) < options.agents:
+            raise DemoError(
+                f"TLE file {options.tle} holds {len(tles)} satellites but "
+                f"--agents is {options.agents}; lower --agents"
+            )
+        tles = tles[: options.agents]
+        epoch = max(tle_epoch(l1, l2) for _, l1, l2 in tles).replace(microsecond=0)
+        # Agent ids must be wire-safe; keep the TLE name for the report.
+        tles = [(f"sat-{i:03d}", l1, l2) for i, (_, l1, l2) in enumerate(tles)]
+    else:
+        from agent._walker import walker_tles
+
+        epoch = datetime.now(UTC).replace(microsecond=0)
+        planes = max(1, min(options.agents, 4))
+        per_plane = -(-options.agents // planes)
+        tles = walker_tles(
+            planes, per_plane, 1 % planes, WALKER_ALTITUDE_KM,
+            WALKER_INCLINATION_DEG, epoch,
+        )[: options.agents]  # fmt: skip
+    data_dir = options.out / "shards"
+    try:
+        data = prepare_data(
+            data_dir,
+            options.agents,
+            alpha=options.alpha,
+            seed=options.seed,
+            data_path=options.data,
+            satellite_ids=[name for name, _, _ in tles],
+        )
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
+    return tles, stations, epoch, data
+
+
+def run_demo(
+    options: DemoOptions,
+    progress_factory: Callable[[str, float], Callable] | None = None,
+) -> tuple[list[RunSummary], dict[str, Any]]:
+    """Run the demo (and the baseline with ``compare``).
+
+    Returns the run summaries (the demo first) and the settings for the report.
+    """
+    tles, stations, epoch, data = prepare(options)
+    plans = [("orbitfl", options.strategy, options.compression)]
+    if options.compare:
+        plans.append(("baseline", "fedavg", None))
+    summaries = []
+    for label, strategy, compression in plans:
+        run = _Run(
+            label,
+            strategy,
+            compression,
+            options.out / f"run-{label}",
+            [name for name, _, _ in tles],
+            tles,
+            stations,
+            epoch,
+            data,
+            options,
+        )
+        progress = (
+            progress_factory(label, options.sim_hours * 3600.0)
+            if progress_factory
+            else None
+        )
+        clock, end_sim_s, codes, wall_s = _launch(run, progress)
+        summaries.append(_summarise(run, clock, end_sim_s, codes, wall_s))
+    return summaries, settings_of(options, stations, data)
+
+
+def settings_of(
+    options: DemoOptions, stations: Sequence[Station], data: DataSplit
+) -> dict[str, Any]:
+    return {
+        "agents": options.agents,
+        "strategy": options.strategy,
+        "compare": options.compare,
+        "orbits": str(options.tle) if options.tle else "walker",
+        "stations": [s.to_dict() for s in stations],
+        "data": data.name,
+        "shard_sizes": data.shard_sizes,
+        "test_samples": int(len(data.y_test)),
+        "sim_hours": options.sim_hours,
+        "speedup": options.speedup,
+        "seed": options.seed,
+        "alpha": options.alpha,
+        "model": {"hidden": list(options.hidden), "local_steps": options.local_steps,
+                  "lr": options.lr, "batch_size": options.batch_size},
+        "curve": options.curve,
+    }  # fmt: skip
+
+
+__all__ = ["DemoError", "DemoOptions", "run_demo", "Window"]
