@@ -349,6 +349,9 @@ class AggregationSession:
                 return True
             return False
         # FEDASYNC (Xie et al. 2019): x <- x + alpha * s(t) * delta, on arrival.
+        # The paper mixes weights, x <- (1 - a) x + a x_new; in delta form that
+        # is the same for a fresh update, while for a stale one it adds the
+        # client's own progress instead of pulling x back toward its old base.
         coefficient = agg.mixing * s * w
         if self._optimizer.stateless:
             add_scaled(
