@@ -20,6 +20,20 @@ _EXPORTS: dict[str, str] = {
     "UpdateRejected": "ground._aggregate_updates",
     # pass prediction and sync scheduling (issue 4)
     "walker_tles": "agent._walker",
+    # model partitioning (issue 6)
+    "ModelProfile": "ground._partition",
+    "LayerProfile": "ground._partition",
+    "NodeConfig": "ground._partition",
+    "NodeType": "ground._partition",
+    "PartitionOptimizer": "ground._partition",
+    "PartitionPlan": "ground._partition",
+    "Objective": "ground._partition",
+    "Link": "ground._partition",
+    "LinkTable": "ground._partition",
+    "InfeasiblePartitionError": "ground._partition",
+    # mesh routing tables (issue 5)
+    "ConstellationTables": "ground._tables",
+    "build_tables": "ground._tables",
 }
 
 __all__ = sorted(_EXPORTS)
