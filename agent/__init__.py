@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "CompressionType": "agent._compression",
     "CompressedUpdate": "agent._compression",
     "FederatedClient": "agent._compression",
+    "UpdateFormatError": "agent._compression",
     # mesh networking (issue 5)
     "SpaceMesh": "agent._mesh",
     "MeshNode": "agent._mesh",
