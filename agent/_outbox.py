@@ -133,13 +133,20 @@ class Outbox:
         return seq
 
     def put(
-        self, round: int, kind: int, body: bytes, now_s: float
+        self,
+        round: int,
+        kind: int,
+        body: bytes,
+        now_s: float,
+        *,
+        meta: dict[str, int] | None = None,
     ) -> tuple[int, list[tuple[int, int]]]:
         """Store ``body`` durably; return ``(seq, dropped)``.
 
         ``dropped`` lists the ``(round, seq)`` of older entries removed to make
-        room, oldest round first.  Raises :class:`OutboxFull` when ``body``
-        alone exceeds ``max_bytes``.
+        room, oldest round first.  ``meta`` values (see :meth:`set_meta`) are
+        written in the same transaction.  Raises :class:`OutboxFull` when
+        ``body`` alone exceeds ``max_bytes``.
         """
         nbytes = len(body)
         if nbytes > self.max_bytes:
@@ -173,6 +180,11 @@ class Outbox:
                 "nbytes, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (round, seq, kind, now_s, now_s + self.expiry_s, nbytes, body),
             )
+            for key, value in (meta or {}).items():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    ("user:" + key, int(value)),
+                )
         return seq, dropped
 
     def mark_sent(self, round: int, seq: int, now_s: float) -> None:

@@ -1,0 +1,719 @@
+"""The ground aggregator daemon: a ROUTER socket, rounds, journal and checkpoints.
+
+One thread owns the socket and the aggregation session.  It drains up to
+``_BATCH`` waiting messages, handles each (decode, authenticate the sender,
+dedupe, validate, ``session.submit``), commits the accepted updates to the
+journal in one transaction, and only then sends the ACKs, so that an ACK
+always names an update that a ``kill -9`` cannot take away.  Between batches
+it closes the round when the rule says so:
+
+- as soon as ``min_participants`` updates have arrived and every agent in
+  ``expected_agents`` has reported (with no expected list: as soon as
+  ``min_participants`` have arrived);
+- otherwise at the round deadline, aggregating what arrived if it reaches
+  ``min_participants``, else carrying the model over unchanged (the
+  under-quorum updates are dropped and counted).  Either way it is logged.
+
+FEDASYNC and FEDBUFF change the model as updates arrive; for them a "round"
+is the checkpoint period and the unit the deadline applies to, and a round
+close flushes FEDBUFF's partial buffer.
+
+With CURVE on, a ``zmq.auth`` ``ThreadAuthenticator`` on an explicit ZAP
+domain accepts only the public keys in the allowlist directory and maps each
+key to its file name, which becomes the ZMQ ``User-Id``; an update whose
+envelope names another agent than its key is refused as an impostor.
+"""
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from agent import _wire as wire
+from agent._clock import SimClock
+from agent._keys import load_allowlist_checked, load_secret
+from agent._transport import apply_options
+from ground import GradientAggregator, NotEnoughUpdates, UpdateRejected
+from ground._config import GroundConfig
+from ground._journal import (
+    Checkpoint,
+    Journal,
+    JournalRow,
+    read_checkpoint,
+    write_checkpoint,
+)
+from ground._metrics import DaemonMetrics
+
+log = logging.getLogger(__name__)
+
+_BATCH = 256
+_POLL_CAP_S = 0.2  # longest poll, so stop() and deadlines are seen promptly
+# libzmq's own cap sits a little above the application's, so that a message
+# just over the cap reaches the decoder and is refused with a counted reason
+# and a NACK; anything larger is cut off by libzmq with the connection.
+_ZMQ_SLACK_BYTES = 4096
+
+
+class _Allowlist:
+    """ZAP credentials callback: the allowlist directory, re-read when it changes."""
+
+    def __init__(self, directory: Path, metrics: DaemonMetrics) -> None:
+        self.directory = directory
+        self.metrics = metrics
+        self._mtime_ns: int | None = None
+        self._names: dict[bytes, str] = {}
+        self._warned: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._reload()
+
+    def _reload(self) -> None:
+        try:
+            mtime = self.directory.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = -1
+        if mtime == self._mtime_ns:
+            return
+        names, problems = load_allowlist_checked(self.directory)
+        for p in problems:
+            log.warning("allowlist: %s", p)
+        self._names, self._mtime_ns = names, mtime
+        log.info("allowlist %s: %d agent key(s)", self.directory, len(names))
+
+    def callback(self, domain: str, key_z85: bytes) -> bool:
+        with self._lock:
+            self._reload()
+            if key_z85 in self._names:
+                return True
+            self.metrics.auth_refused.inc()
+            # Refused agents retry every reconnect interval: warn once per key.
+            level = logging.DEBUG if key_z85 in self._warned else logging.WARNING
+            self._warned.add(key_z85)
+        log.log(
+            level,
+            "refused CURVE client key %s on ZAP domain %r: not in allowlist %s",
+            key_z85.decode("ascii", "replace"),
+            domain,
+            self.directory,
+        )
+        return False
+
+    def name_of(self, key_z85: bytes) -> str:
+        with self._lock:
+            return self._names.get(key_z85, "")
+
+
+class _Authenticator(ThreadAuthenticator):
+    """ZAP handler whose User-Id is the agent id the key file is named after."""
+
+    def __init__(self, context: zmq.Context, allowlist: _Allowlist) -> None:
+        super().__init__(context, log=logging.getLogger("ground.auth"))
+        self.allowlist = allowlist
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.allowlist.name_of(z85.encode(client_public_key))
+
+
+def initial_model(config: GroundConfig) -> dict[str, np.ndarray]:
+    """The model round 0 starts from, as ``[model]`` says."""
+    if config.model_npz is not None:
+        with np.load(config.model_npz, allow_pickle=False) as npz:
+            return {k: np.array(npz[k]) for k in npz.files}
+    if config.model_trainer is not None:
+        from agent._agent import make_trainer
+
+        return {
+            k: np.array(v)
+            for k, v in make_trainer(config.model_trainer).initial_weights().items()
+        }
+    return {
+        name: np.zeros(tuple(shape), dtype=np.float32)
+        for name, shape in (config.model_zeros or {}).items()
+    }
+
+
+class GroundDaemon:
+    """The aggregator daemon, usable in-process or from ``python -m ground serve``.
+
+    ``start()`` binds, restores from the state directory and serves in a
+    background thread; ``run()`` does the same in the calling thread until
+    ``stop()`` or until ``max_rounds`` rounds have closed.
+    """
+
+    def __init__(
+        self,
+        config: GroundConfig,
+        *,
+        model: dict[str, np.ndarray] | None = None,
+        clock: SimClock | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or config.clock or SimClock.realtime()
+        options = dict(config.aggregation_options)
+        self.weights: dict[str, float] = dict(options.pop("weights", {}) or {})
+        self.aggregator = GradientAggregator(config.strategy, **options)
+        self.metrics = DaemonMetrics()
+        self._model0 = model
+        self._stop = threading.Event()
+        self.finished = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.endpoint: str | None = None
+        self.metrics_port: int | None = None
+        self.on_round_closed: Callable[[int, str], None] | None = None
+        self._seq = 0
+        self._peers: dict[bytes, float] = {}
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._auth: _Authenticator | None = None
+        self._journal: Journal | None = None
+        self._model_cache: tuple[tuple[int, int], bytes] | None = None
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def round(self) -> int:
+        return self._round
+
+    @property
+    def version(self) -> int:
+        return self.session.version
+
+    @property
+    def rounds_closed(self) -> int:
+        return self._rounds_closed
+
+    def model(self) -> dict[str, np.ndarray]:
+        """A copy of the current global model."""
+        return {k: np.array(v) for k, v in self.session.model.items()}
+
+    def start(self, timeout_s: float = 30.0) -> "GroundDaemon":
+        """Bind and restore, then serve in a background thread."""
+        self._thread = threading.Thread(
+            target=self._run_thread, name="ground-daemon", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError(f"the ground daemon did not start in {timeout_s} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run_thread(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # surfaced to start() or join()
+            self._error = exc
+            self._ready.set()
+            log.exception("ground daemon stopped on an error")
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` or until ``max_rounds`` rounds have closed."""
+        try:
+            self._setup()
+            self._ready.set()
+            self._loop()
+        finally:
+            self._teardown()
+            self.finished.set()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until the daemon has finished (``max_rounds`` or stop)."""
+        return self.finished.wait(timeout_s)
+
+    # ------------------------------------------------------------------- setup
+
+    def _now_s(self) -> float:
+        return self.clock.now().timestamp()
+
+    def _setup(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self._checkpoint_path = cfg.state_dir / "checkpoint.msgpack"
+        self._journal = Journal(cfg.state_dir / "journal.sqlite")
+        self._restore()
+
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.ROUTER)
+        apply_options(sock, cfg.transport)
+        sock.setsockopt(zmq.MAXMSGSIZE, cfg.limits.max_message_bytes + _ZMQ_SLACK_BYTES)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # An agent that reboots reconnects with the same routing id while its
+        # old connection may still look alive: let the new one take over.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if cfg.curve:
+            allowlist = _Allowlist(cfg.allowlist_dir, self.metrics)
+            self._auth = _Authenticator(self._ctx, allowlist)
+            self._auth.start()
+            self._auth.configure_curve_callback(cfg.zap_domain, allowlist)
+            public, secret = load_secret(cfg.secret_key)
+            sock.curve_server = True
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            sock.zap_domain = cfg.zap_domain.encode()
+        bind = cfg.bind
+        if bind.startswith("tcp://") and bind.endswith(":0"):
+            bind = bind[:-2] + ":*"
+        sock.bind(bind)
+        self._sock = sock
+        self.endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        if cfg.endpoint_file is not None:
+            tmp = cfg.endpoint_file.with_name(cfg.endpoint_file.name + ".tmp")
+            tmp.write_text(self.endpoint + "\n")
+            os.replace(tmp, cfg.endpoint_file)
+        if cfg.metrics_enabled:
+            self.metrics_port = self.metrics.serve(cfg.metrics_addr, cfg.metrics_port)
+        log.info(
+            "serving %s on %s (CURVE %s, ZAP domain %r), round %d, model version %d, "
+            "%d update(s) replayed; metrics on %s",
+            self.aggregator.strategy.name,
+            self.endpoint,
+            "on" if cfg.curve else "OFF",
+            cfg.zap_domain,
+            self._round,
+            self.session.version,
+            self._round_count,
+            f"http://{cfg.metrics_addr}:{self.metrics_port}/metrics"
+            if self.metrics_port is not None
+            else "(disabled)",
+        )
+
+    def _restore(self) -> None:
+        cp = read_checkpoint(self._checkpoint_path)
+        now = self._now_s()
+        if cp is None:
+            model = (
+                self._model0 if self._model0 is not None else initial_model(self.config)
+            )
+            if not model:
+                raise ValueError(
+                    "the initial model has no tensors; set [model] in ground.toml"
+                )
+            cp = Checkpoint(0, 0, 0, now, model, {})
+            write_checkpoint(self._checkpoint_path, cp)
+            log.info(
+                "no checkpoint in %s: starting round 0 from the initial model "
+                "(%d tensors, %d parameters)",
+                self.config.state_dir,
+                len(model),
+                sum(int(np.size(v)) for v in model.values()),
+            )
+        self.session = self.aggregator.start(
+            cp.model, version=cp.version, optimizer_state=cp.optimizer_state or None
+        )
+        self._round = cp.round
+        self._rounds_closed = cp.rounds_closed
+        self._round_opened_s = cp.round_opened_s
+        self._deadline_s = cp.round_opened_s + self.config.deadline_s
+        self._round_agents: set[str] = set()
+        self._round_count = 0
+        self._seen = self._journal.seen()
+
+        # Replay the round's accepted updates in the order they were accepted;
+        # the session is deterministic, so this rebuilds the state exactly.
+        for row in self._journal.replay(self._round):
+            try:
+                body = wire.decode_body(
+                    wire.MessageType.UPDATE, row.body, self.config.limits
+                )
+                update = wire.decode_update(body, self.config.limits)
+                self.session.submit(
+                    update,
+                    num_samples=row.num_samples,
+                    staleness=row.staleness,
+                    weight=self.weights.get(row.agent),
+                )
+            except ValueError as exc:
+                log.error(
+                    "journal row (%s, %d, %d) no longer replays (%s); skipped",
+                    row.agent,
+                    row.round,
+                    row.seq,
+                    exc,
+                )
+                continue
+            self._round_agents.add(row.agent)
+            self._round_count += 1
+        self.metrics.round.set(self._round)
+        self.metrics.model_version.set(self.session.version)
+        self.metrics.pending.set(self._round_count)
+
+    def _teardown(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self.metrics.stop()
+
+    # -------------------------------------------------------------------- loop
+
+    def _loop(self) -> None:
+        sock = self._sock
+        while not self._stop.is_set():
+            wait_s = self.clock.wall_seconds(max(0.0, self._deadline_s - self._now_s()))
+            if sock.poll(int(min(wait_s, _POLL_CAP_S) * 1000) + 1, zmq.POLLIN):
+                replies: list[tuple[bytes, bytes]] = []
+                rows: list[tuple[JournalRow, int]] = []
+                for _ in range(_BATCH):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    try:
+                        self._handle(frames, replies, rows)
+                    except Exception:
+                        # A bug met by one message must not take the ground
+                        # down for every satellite: count it, log it, go on.
+                        self.metrics.rejected.labels("internal_error").inc()
+                        log.exception("internal error handling a message; dropped")
+                # Durable first, then the ACKs: the heart of "no ACKed update lost".
+                self._journal.append(rows)
+                for identity, data in replies:
+                    self._send(identity, data)
+            self._maybe_close_round()
+            if self.config.max_rounds and self._rounds_closed >= self.config.max_rounds:
+                log.info("closed %d round(s): max_rounds reached", self._rounds_closed)
+                break
+
+    def _send(self, identity: bytes, data: bytes) -> bool:
+        try:
+            self._sock.send_multipart([identity, data], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                self.metrics.send_failures.labels("unreachable").inc()
+                self._peers.pop(identity, None)
+            elif exc.errno == errno.EAGAIN:
+                self.metrics.send_failures.labels("full").inc()
+            else:
+                raise
+            return False
+        self.metrics.bytes_out.inc(len(data))
+        return True
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _reply(self, replies: list, identity: bytes, message: wire.Message) -> None:
+        replies.append((identity, wire.encode(message)))
+
+    def _refuse(
+        self,
+        replies: list,
+        identity: bytes,
+        reason: str,
+        detail: str,
+        of: tuple[str, int, int],
+    ) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        log.warning("refused %s from %r: %s", of, identity, detail)
+        nack = wire.nack(
+            self.config.id,
+            self._next_seq(),
+            self._now_s(),
+            of=of,
+            reason=reason,
+            detail=detail,
+        )
+        replies.append((identity, wire.encode(nack)))
+
+    def _handle(self, frames: list, replies: list, rows: list) -> None:
+        identity = frames[0].bytes
+        peer = identity.decode("utf-8", "replace")
+        nbytes = sum(len(f) for f in frames[1:])
+        self.metrics.bytes_in.inc(nbytes)
+        if len(frames) != 2:
+            self._refuse(
+                replies,
+                identity,
+                wire.NackReason.MALFORMED,
+                f"a message must be one frame; {len(frames) - 1} arrived",
+                (peer, -1, -1),
+            )
+            return
+        frame = frames[1]
+        try:
+            msg = wire.decode(frame.buffer, self.config.limits)
+        except wire.WireError as exc:
+            self._refuse(
+                replies,
+                identity,
+                exc.reason,
+                str(exc),
+                (
+                    exc.sender or peer,
+                    -1 if exc.round is None else exc.round,
+                    -1 if exc.seq is None else exc.seq,
+                ),
+            )
+            return
+        of = (msg.sender, msg.round, msg.seq)
+        # The routing id is the agent's own claim; with CURVE the User-Id is
+        # the name its authenticated key is filed under.  Both must match.
+        claimed = frame.get("User-Id") if self.config.curve else peer
+        if msg.sender != peer or msg.sender != claimed:
+            self._refuse(
+                replies,
+                identity,
+                wire.NackReason.IMPOSTOR,
+                f"message claims sender {msg.sender!r} but arrived from routing id "
+                f"{peer!r} authenticated as {claimed!r}",
+                of,
+            )
+            return
+        self._peers[identity] = time.monotonic()
+
+        if msg.type is wire.MessageType.UPDATE:
+            self._on_update(msg, identity, replies, rows)
+        elif msg.type is wire.MessageType.HELLO:
+            self._on_hello(msg, identity, replies)
+        elif msg.type is wire.MessageType.HEARTBEAT:
+            self._reply(
+                replies,
+                identity,
+                wire.heartbeat(
+                    self.config.id,
+                    self._next_seq(),
+                    self._now_s(),
+                    model_version=self.session.version,
+                ),
+            )
+        else:
+            self._refuse(
+                replies,
+                identity,
+                "unexpected_type",
+                f"the ground does not accept {msg.type.name} messages",
+                of,
+            )
+
+    def _on_hello(self, msg: wire.Message, identity: bytes, replies: list) -> None:
+        held = msg.body["model_version"]
+        if msg.round == self._round and held == self.session.version:
+            self._reply(
+                replies,
+                identity,
+                wire.heartbeat(
+                    self.config.id,
+                    self._next_seq(),
+                    self._now_s(),
+                    model_version=self.session.version,
+                ),
+            )
+            return
+        replies.append((identity, self._model_message()))
+
+    def _model_message(self) -> bytes:
+        key = (self._round, self.session.version)
+        if self._model_cache is None or self._model_cache[0] != key:
+            body = wire.encode_body(
+                wire.MessageType.MODEL,
+                {
+                    "version": self.session.version,
+                    "deadline_s": self._deadline_s,
+                    "weights": self.session.model,
+                },
+            )
+            self._model_cache = (key, body)
+        return wire.encode_envelope(
+            wire.MessageType.MODEL,
+            self.config.id,
+            self._round,
+            self._next_seq(),
+            self._now_s(),
+            self._model_cache[1],
+        )
+
+    def _on_update(
+        self, msg: wire.Message, identity: bytes, replies: list, rows: list
+    ) -> None:
+        of = (msg.sender, msg.round, msg.seq)
+        if of in self._seen:
+            self.metrics.updates_duplicate.inc()
+            log.info("duplicate update %s: ACKed again, not aggregated", of)
+            self._reply(
+                replies,
+                identity,
+                wire.ack(
+                    self.config.id,
+                    self._next_seq(),
+                    self._now_s(),
+                    of=of,
+                    duplicate=True,
+                ),
+            )
+            return
+
+        def refuse(reason: str, detail: str) -> None:
+            self._refuse(replies, identity, reason, detail, of)
+
+        if msg.round > self._round:
+            return refuse(
+                wire.NackReason.FUTURE_ROUND,
+                f"update for round {msg.round} but round {self._round} is open",
+            )
+        if self.aggregator.is_async:
+            staleness = self.session.version - msg.body["base_version"]
+            if staleness < 0:
+                return refuse(
+                    wire.NackReason.FUTURE_ROUND,
+                    f"update trained from model version {msg.body['base_version']} "
+                    f"but the ground is at version {self.session.version}",
+                )
+        else:
+            if msg.round < self._round:
+                return refuse(
+                    wire.NackReason.STALE_ROUND,
+                    f"update for round {msg.round} but round {self._round} is open; "
+                    f"{self.aggregator.strategy.name} takes only the open round",
+                )
+            if msg.sender in self._round_agents:
+                return refuse(
+                    "already_reported",
+                    f"{msg.sender} already has an update in round {self._round}",
+                )
+            staleness = 0
+        try:
+            update = wire.decode_update(msg.body, self.config.limits)
+        except ValueError as exc:
+            return refuse(wire.NackReason.BAD_UPDATE, str(exc))
+
+        num_samples = msg.body["num_samples"]
+        try:
+            self.session.submit(
+                update,
+                num_samples=num_samples,
+                staleness=staleness,
+                weight=self.weights.get(msg.sender),
+            )
+        except UpdateRejected as exc:
+            return refuse(exc.reason, str(exc))
+
+        self._seen.add(of)
+        self._round_agents.add(msg.sender)
+        self._round_count += 1
+        self.metrics.updates_accepted.inc()
+        self.metrics.pending.set(self._round_count)
+        self.metrics.model_version.set(self.session.version)
+        rows.append(
+            (
+                JournalRow(
+                    msg.sender, msg.round, msg.seq, num_samples, staleness,
+                    msg.body_bytes,
+                ),
+                self._round,
+            )
+        )  # fmt: skip
+        self._reply(
+            replies,
+            identity,
+            wire.ack(self.config.id, self._next_seq(), self._now_s(), of=of),
+        )
+
+    # ------------------------------------------------------------------ rounds
+
+    def _maybe_close_round(self) -> None:
+        enough = self._round_count >= self.config.min_participants
+        expected = set(self.config.expected_agents)
+        if enough and expected <= self._round_agents:
+            self._close_round("all expected agents reported" if expected else
+                              "min_participants reached")  # fmt: skip
+        elif self._now_s() >= self._deadline_s:
+            self._close_round("deadline passed")
+
+    def _close_round(self, why: str) -> None:
+        now = self._now_s()
+        n = self._round_count
+        participants = len(self._round_agents)
+        if n == 0:
+            self.session.close_round()  # nothing pending; keeps the model
+            outcome = "carried_over"
+        elif n < self.config.min_participants and not self.aggregator.is_async:
+            self.session.discard_round()
+            self.metrics.updates_discarded.inc(n)
+            outcome = "below_quorum"
+        else:
+            try:
+                self.session.close_round()
+                outcome = "aggregated"
+            except NotEnoughUpdates as exc:
+                self.session.discard_round()
+                self.metrics.updates_discarded.inc(n)
+                outcome = "below_quorum"
+                log.warning("round %d: %s", self._round, exc)
+        if outcome == "aggregated":
+            log.info(
+                "round %d closed (%s): aggregated %d update(s) from %d agent(s); "
+                "model version %d",
+                self._round, why, n, participants, self.session.version,
+            )  # fmt: skip
+        elif outcome == "below_quorum":
+            log.warning(
+                "round %d closed (%s) with %d update(s), below min_participants=%d: "
+                "updates dropped, model carried over unchanged",
+                self._round, why, n, self.config.min_participants,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "round %d closed (%s) with no updates: model carried over unchanged",
+                self._round, why,
+            )  # fmt: skip
+
+        closed = self._round
+        duration_s = now - self._round_opened_s
+        self._round += 1
+        self._rounds_closed += 1
+        self._round_opened_s = now
+        self._deadline_s = now + self.config.deadline_s
+        write_checkpoint(
+            self._checkpoint_path,
+            Checkpoint(
+                self._round,
+                self.session.version,
+                self._rounds_closed,
+                now,
+                self.session.model,
+                self.session.optimizer_state,
+            ),
+        )
+        self._journal.release(closed)
+        self.metrics.rounds_closed.labels(outcome).inc()
+        self.metrics.round_duration.observe(max(0.0, duration_s))
+        self.metrics.participants.set(participants if outcome == "aggregated" else 0)
+        self.metrics.round.set(self._round)
+        self.metrics.model_version.set(self.session.version)
+        self.metrics.pending.set(0)
+        self._round_agents = set()
+        self._round_count = 0
+        if self.on_round_closed is not None:
+            self.on_round_closed(closed, outcome)
+
+        # Push the new round's model to every agent seen; ROUTER_MANDATORY
+        # turns a departed agent into EHOSTUNREACH, and it is forgotten.
+        if not (
+            self.config.max_rounds and self._rounds_closed >= self.config.max_rounds
+        ):
+            data = self._model_message()
+            for identity in list(self._peers):
+                self._send(identity, data)
