@@ -12,6 +12,13 @@ __version__ = "0.1.0"
 
 # public name -> internal module that defines it
 _EXPORTS: dict[str, str] = {
+    # wire protocol, transport, outbox, agent loop (issue 3)
+    "Agent": "agent._agent",
+    "AgentConfig": "agent._config",
+    "load_agent_config": "agent._config",
+    "Outbox": "agent._outbox",
+    "MessageType": "agent._wire",
+    "WireError": "agent._wire",
     # geometry
     "Position": "agent._geo",
     # pass prediction (issue 4)

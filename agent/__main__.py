@@ -11,6 +11,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "agent._cmd_compress_demo",
         "compress a real-sized gradient with every method and print the sizes",
     ),
+    "run": (
+        "agent._cmd_run",
+        "run the onboard agent: python -m agent run --config agent.toml",
+    ),
+    "keygen": ("agent._cmd_keygen", "make a CURVE key pair: keygen DIR NAME"),
 }
 
 

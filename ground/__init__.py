@@ -34,6 +34,10 @@ _EXPORTS: dict[str, str] = {
     # mesh routing tables (issue 5)
     "ConstellationTables": "ground._tables",
     "build_tables": "ground._tables",
+    # aggregator daemon (issue 3)
+    "GroundDaemon": "ground._daemon",
+    "GroundConfig": "ground._config",
+    "load_ground_config": "ground._config",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,6 +11,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ground._cmd_demo",
         "federated training across a constellation, end to end, on defaults",
     ),
+    "serve": (
+        "ground._cmd_serve",
+        "run the aggregator daemon: serve --config ground.toml",
+    ),
+    "keygen": ("ground._cmd_keygen", "make a CURVE key pair: keygen DIR NAME"),
 }
 
 
