@@ -23,6 +23,13 @@ _EXPORTS: dict[str, str] = {
     "Position": "agent._geo",
     # pass prediction (issue 4)
     "walker_tles": "agent._walker",
+    "GroundStation": "agent._stations",
+    "ContactWindow": "agent._contacts",
+    "ContactPredictor": "agent._contacts",
+    "WindowFlag": "agent._contacts",
+    "find_windows": "agent._contacts",
+    "load_elements": "agent._tle",
+    "TLEError": "agent._tle",
     # gradient compression (issue 2)
     "CompressionConfig": "agent._compression",
     "CompressionType": "agent._compression",
@@ -33,6 +40,22 @@ _EXPORTS: dict[str, str] = {
     "SpaceMesh": "agent._mesh",
     "MeshNode": "agent._mesh",
     "Route": "agent._mesh",
+    "MeshLink": "agent._mesh",
+    "IslConfig": "agent._isl",
+    "IslNetwork": "agent._isl",
+    "IslSnapshot": "agent._isl",
+    "IslSeries": "agent._isl",
+    "LinkEvent": "agent._isl",
+    "LinkGraph": "agent._routing",
+    "RoutingTable": "agent._routing",
+    "RouteEntry": "agent._routing",
+    "RoutingTableError": "agent._routing",
+    "Contact": "agent._cgr",
+    "ContactPlan": "agent._cgr",
+    "CgrRoute": "agent._cgr",
+    "earliest_arrival": "agent._cgr",
+    "contacts_from_series": "agent._cgr",
+    "contacts_from_windows": "agent._cgr",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,6 +20,9 @@ _EXPORTS: dict[str, str] = {
     "UpdateRejected": "ground._aggregate_updates",
     # pass prediction and sync scheduling (issue 4)
     "walker_tles": "agent._walker",
+    "GroundStation": "agent._stations",
+    "ContactWindow": "agent._contacts",
+    "WindowFlag": "agent._contacts",
     # model partitioning (issue 6)
     "ModelProfile": "ground._partition",
     "LayerProfile": "ground._partition",
