@@ -1,0 +1,217 @@
+"""ISL topology from orbits: +Grid, nearest-visible, Earth blocking, ground links."""
+
+from datetime import UTC, datetime, timedelta
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from agent import IslConfig, IslNetwork, Position
+from agent._geo import SPEED_OF_LIGHT_KM_S, WGS84_A_KM
+from agent._isl import LINK_GROUND, LINK_ISL, _clears_earth
+from agent._orbit import datetime_to_jd, look_angles, station_frame, teme_to_ecef_km
+from agent._walker import walker_tles
+from ground import build_tables
+
+EPOCH = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+STARLINK = dict(planes=72, sats_per_plane=22, phasing=1)
+
+
+@pytest.fixture(scope="module")
+def shell_snapshot():
+    tles = walker_tles(72, 22, 1, 550.0, 53.0, EPOCH)
+    network = IslNetwork(tles, IslConfig(topology="grid", **STARLINK))
+    return network.snapshot(EPOCH + timedelta(minutes=7))
+
+
+def test_every_satellite_of_the_72x22_shell_has_exactly_four_grid_links(
+    shell_snapshot,
+):
+    snap = shell_snapshot
+    assert len(snap.node_ids) == 1584
+    assert np.all(snap.degree() == 4)
+    assert snap.edges.shape == (1584 * 2, 2)
+    assert np.all(snap.edges[:, 0] < snap.edges[:, 1])
+    assert np.all(snap.kind == LINK_ISL)
+    # in-plane and cross-plane neighbours of one satellite
+    names = snap.link_names()
+    for other in ("sat-00-04", "sat-00-06", "sat-01-05", "sat-71-04"):
+        assert tuple(sorted(("sat-00-05", other))) in names
+    # the delta seam closes plane 71 onto plane 0 shifted by the phasing F=1
+    assert ("sat-00-06", "sat-71-05") in names
+
+
+def test_link_latency_is_light_time_plus_processing(shell_snapshot):
+    snap = shell_snapshot
+    pos = snap.positions_km
+    d = np.linalg.norm(pos[snap.edges[:, 0]] - pos[snap.edges[:, 1]], axis=1)
+    assert np.allclose(snap.distance_km, d, rtol=0, atol=1e-9)
+    expected_ms = d / SPEED_OF_LIGHT_KM_S * 1e3 + 0.1
+    assert np.allclose(snap.latency_ms, expected_ms, rtol=0, atol=1e-12)
+    # 22 satellites per plane at 550 km are about 1,970 km apart in-plane
+    assert 1900 < snap.distance_km.max() < 2000
+
+
+def test_following_the_tables_reaches_every_destination_at_shortest_cost(
+    shell_snapshot,
+):
+    graph = shell_snapshot.link_graph()
+    tables = build_tables(graph, expires=EPOCH + timedelta(minutes=8))
+    n = graph.n_nodes
+    assert np.all(tables.cost_us != np.iinfo(np.uint32).max)
+
+    # outside truth: scipy's all-pairs Dijkstra
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    matrix = csr_matrix((graph.weight_us, graph.indices, graph.indptr), (n, n))
+    assert np.array_equal(tables.cost_us, dijkstra(matrix).astype(np.uint32))
+
+    # walk the tables from every node to every destination at once
+    weight = np.full((n, n), np.inf)
+    src = np.repeat(np.arange(n), np.diff(graph.indptr))
+    weight[src, graph.indices] = graph.weight_us
+    dest = np.broadcast_to(np.arange(n), (n, n))
+    cur = np.broadcast_to(np.arange(n)[:, None], (n, n)).copy()
+    walked = np.zeros((n, n))
+    for _ in range(n):
+        moving = cur != dest
+        if not moving.any():
+            break
+        nxt = tables.next_hop[cur, dest].astype(np.int64)
+        walked += np.where(moving, weight[cur, nxt], 0.0)
+        cur = np.where(moving, nxt, cur)
+    assert np.array_equal(cur, dest)
+    assert np.array_equal(walked, tables.cost_us.astype(np.float64))
+
+    # and networkx agrees from a few sources
+    g = nx.Graph()
+    g.add_weighted_edges_from(
+        (int(u), int(v), w)
+        for u, v, w in zip(src, graph.indices, graph.weight_us, strict=True)
+    )
+    for s in (0, 777, 1583):
+        lengths = nx.single_source_dijkstra_path_length(g, s)
+        assert all(tables.cost_us[s, v] == lengths[v] for v in range(n))
+    path = tables.follow("sat-00-00", "sat-36-11")
+    assert path[0] == "sat-00-00" and path[-1] == "sat-36-11"
+
+
+def test_two_satellites_on_opposite_sides_of_the_earth_have_no_link():
+    tles = walker_tles(1, 2, 0, 550.0, 53.0, EPOCH)
+    far = IslConfig(topology="nearest", max_range_km=50_000.0)
+    snap = IslNetwork(tles, far).snapshot(EPOCH)
+    pos = snap.positions_km
+    cos_angle = pos[0] @ pos[1] / np.linalg.norm(pos[0]) / np.linalg.norm(pos[1])
+    assert cos_angle < np.cos(np.radians(179.0))  # opposite sides
+    assert snap.edges.shape == (0, 2)
+    grid = IslNetwork(tles, IslConfig(planes=1, sats_per_plane=2, max_range_km=5e4))
+    assert grid.snapshot(EPOCH).edges.shape == (0, 2)
+    # control: the same plane with 30 satellites links its neighbours
+    near = IslNetwork(walker_tles(1, 30, 0, 550.0, 53.0, EPOCH), far).snapshot(EPOCH)
+    assert len(near.edges) > 0
+
+
+def test_line_of_sight_clears_the_earth_plus_the_atmosphere_margin():
+    r = WGS84_A_KM + 550.0
+    p = np.array([[r, 0.0, 0.0]])
+    # a chord whose lowest point is at height h above the sphere
+    for height_km, clear in ((79.0, False), (81.0, True)):
+        half = np.arccos((WGS84_A_KM + height_km) / r)
+        q = np.array([[r * np.cos(2 * half), r * np.sin(2 * half), 0.0]])
+        assert _clears_earth(p, q, WGS84_A_KM + 80.0)[0] == clear
+
+
+def test_star_pattern_has_no_links_across_the_seam():
+    tles = walker_tles(6, 11, 0, 780.0, 86.4, EPOCH, pattern="star")
+    cfg = IslConfig(planes=6, sats_per_plane=11, pattern="star")
+    snap = IslNetwork(tles, cfg).snapshot(EPOCH)
+    degree = snap.degree().reshape(6, 11)
+    assert np.all(degree[1:5] == 4)
+    assert np.all(degree[[0, 5]] == 3)
+    for a, b in snap.link_names():
+        planes = {int(a.split("-")[1]), int(b.split("-")[1])}
+        assert planes != {0, 5}
+
+
+def test_nearest_visible_respects_terminals_range_and_line_of_sight():
+    tles = walker_tles(12, 12, 1, 550.0, 53.0, EPOCH)
+    cfg = IslConfig(topology="nearest", max_terminals=3, max_range_km=2500.0)
+    snap = IslNetwork(tles, cfg).snapshot(EPOCH)
+    assert snap.degree().max() <= 3
+    assert snap.distance_km.max() <= 2500.0
+    pos = snap.positions_km
+    assert np.all(
+        _clears_earth(pos[snap.edges[:, 0]], pos[snap.edges[:, 1]], WGS84_A_KM + 80)
+    )
+    # greedy from the shortest: the globally shortest pair is always linked
+    d = np.linalg.norm(pos[:, None] - pos[None, :], axis=2)
+    np.fill_diagonal(d, np.inf)
+    i, j = np.unravel_index(np.argmin(d), d.shape)
+    assert (snap.node_ids[min(i, j)], snap.node_ids[max(i, j)]) in snap.link_names()
+
+
+def test_ground_links_are_the_satellites_above_the_minimum_elevation():
+    tles = walker_tles(10, 10, 1, 550.0, 53.0, EPOCH)
+    site = Position(40.43, -3.95, 0.65)
+    cfg = IslConfig(
+        planes=10, sats_per_plane=10, phasing=1, ground_min_elevation_deg=10
+    )
+    network = IslNetwork(tles, cfg, stations=[("madrid", site)])
+    series = network.series(EPOCH, 3 * 3600, 120)
+    seen = 0
+    for snap in series.snapshots:
+        # independent check with the orbit module's look angles
+        jd, fr = datetime_to_jd(snap.time)
+        err, r, _v = network._satrecs.sgp4(np.array([jd]), np.array([fr]))
+        ecef = teme_to_ecef_km(r, np.array([jd]), np.array([fr]))[:, 0]
+        site_km = site.ecef_km()
+        _az, el, rng = look_angles(ecef, site_km, station_frame(site_km, 40.43, -3.95))
+        ground = snap.edges[snap.kind == LINK_GROUND]
+        assert np.all(ground[:, 1] == 100)
+        assert set(ground[:, 0].tolist()) == set(np.nonzero(el >= 10.0)[0].tolist())
+        assert np.allclose(
+            snap.distance_km[snap.kind == LINK_GROUND], rng[ground[:, 0]]
+        )
+        seen += len(ground)
+    assert seen > 0
+
+
+def test_events_turn_each_snapshot_into_the_next():
+    tles = walker_tles(10, 10, 1, 550.0, 53.0, EPOCH)
+    cfg = IslConfig(planes=10, sats_per_plane=10, phasing=1)
+    network = IslNetwork(tles, cfg, stations=[("madrid", Position(40.43, -3.95))])
+    series = network.series(EPOCH, 3600, 60)
+    assert len(series.snapshots) == 61
+    links = series.snapshots[0].link_names()
+    for snap in series.snapshots[1:]:
+        for event in (e for e in series.events if e.time == snap.time):
+            key = (event.a, event.b)
+            if event.up:
+                assert key not in links
+                links.add(key)
+            else:
+                links.remove(key)
+        assert links == snap.link_names()
+    assert any(e.up for e in series.events) and any(not e.up for e in series.events)
+    # valid-until: a ground link stays up exactly until its down event
+    until = series.edge_valid_until_s(0)
+    ground = series.snapshots[0].kind == LINK_GROUND
+    assert np.all(until[~ground] == series.snapshots[-1].time.timestamp())
+    for (a, b), t in zip(series.snapshots[0].edges[ground], until[ground], strict=True):
+        names = (series.snapshots[0].node_ids[a], series.snapshots[0].node_ids[b])
+        downs = [e.time for e in series.events if (e.a, e.b) == names and not e.up]
+        if downs:
+            assert t == (min(downs) - timedelta(seconds=60)).timestamp()
+
+
+def test_config_problems_are_reported_together():
+    with pytest.raises(ValueError) as info:
+        IslConfig(topology="mesh", max_range_km=-1, planes=None)
+    message = str(info.value)
+    assert "topology='mesh'" in message and "max_range_km=-1" in message
+    with pytest.raises(ValueError, match="needs 6 TLEs in plane order, got 4"):
+        IslNetwork(
+            walker_tles(2, 2, 0, 550.0, 53.0, EPOCH),
+            IslConfig(planes=2, sats_per_plane=3),
+        )
