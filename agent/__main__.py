@@ -16,6 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run the onboard agent: python -m agent run --config agent.toml",
     ),
     "keygen": ("agent._cmd_keygen", "make a CURVE key pair: keygen DIR NAME"),
+    "stage": (
+        "agent._cmd_stage",
+        "run one stage of a partitioned model as a ZeroMQ pipeline worker",
+    ),
+    "profile": (
+        "agent._cmd_profile",
+        "measure per-layer time and memory of a model spec on this device",
+    ),
 }
 
 

@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run the aggregator daemon: serve --config ground.toml",
     ),
     "keygen": ("ground._cmd_keygen", "make a CURVE key pair: keygen DIR NAME"),
+    "plan": (
+        "ground._cmd_plan",
+        "place a model's layers on nodes: plan --model spec.json --nodes nodes.toml",
+    ),
 }
 
 

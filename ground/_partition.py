@@ -967,11 +967,11 @@ class PartitionOptimizer:
             if not (inst.hi[:, i] > i).any():
                 need = layer.params_mb + layer.activation_mb * self.batch_size
                 raise InfeasiblePartitionError(
-                    f"layer {layer.name!r} (index {i}) needs {need:.1f} MB "
-                    f"(weights {layer.params_mb:.1f} MB + activations "
-                    f"{layer.activation_mb * self.batch_size:.1f} MB at batch "
+                    f"layer {layer.name!r} (index {i}) needs {need:.6g} MB "
+                    f"(weights {layer.params_mb:.6g} MB + activations "
+                    f"{layer.activation_mb * self.batch_size:.6g} MB at batch "
                     f"{self.batch_size}) but the largest memory available is "
-                    f"{largest.memory_gb * GB_MB:.1f} MB on {largest.name!r}"
+                    f"{largest.memory_gb * GB_MB:.6g} MB on {largest.name!r}"
                 )
 
     def _why_infeasible(
@@ -981,9 +981,9 @@ class PartitionOptimizer:
         total_m = sum(n.memory_gb * GB_MB for n in nodes)
         return (
             f"no placement fits: the {len(profile.layers)} layers hold "
-            f"{total_w:.1f} MB of weights and the {len(nodes)} nodes "
-            f"{total_m:.1f} MB of memory in all (largest "
-            f"{max(n.memory_gb for n in nodes) * GB_MB:.1f} MB), with each node "
+            f"{total_w:.6g} MB of weights and the {len(nodes)} nodes "
+            f"{total_m:.6g} MB of memory in all (largest "
+            f"{max(n.memory_gb for n in nodes) * GB_MB:.6g} MB), with each node "
             "taking at most one contiguous stage and consecutive stages linked"
         )
 
