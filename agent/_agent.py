@@ -72,44 +72,19 @@ def make_trainer(section: dict[str, Any]) -> Trainer:
 def make_compressor(node_id: str, section: dict[str, Any]) -> Any | None:
     """A ``FederatedClient`` for ``[compression]``, or None to send dense deltas.
 
-    Keys: ``type`` (a ``CompressionType`` name, ``"none"`` for dense),
-    ``sparsity``, ``error_feedback``, ``bits``.
+    The table holds ``CompressionConfig`` fields (``method``, ``sparsity``,
+    ``error_feedback``, ``bits``, ``value_dtype``, ``chunk_size``,
+    ``stochastic_rounding``, ``unbiased_scaling``); an absent or empty table
+    sends every update as a dense delta.
     """
-    section = dict(section)
-    kind = str(section.pop("type", "none")).upper()
-    if kind == "NONE":
-        if section:
-            raise ValueError(
-                "[compression] type = 'none' takes no other keys; got "
-                f"{sorted(section)}"
-            )
+    if not section:
         return None
-    from agent._compression import (
-        CompressionConfig,
-        CompressionType,
-        FederatedClient,
-    )
+    from agent._compression import CompressionConfig, FederatedClient
 
     try:
-        config = CompressionConfig(CompressionType[kind])
-    except KeyError:
-        raise ValueError(
-            f"[compression] type = {kind.lower()!r} is not one of "
-            + ", ".join(t.name.lower() for t in CompressionType)
-        ) from None
-    setters = {
-        "sparsity": "with_sparsity",
-        "error_feedback": "with_error_feedback",
-        "bits": "with_bits",
-    }
-    unknown = sorted(set(section) - set(setters))
-    if unknown:
-        raise ValueError(
-            f"[compression] has unknown key(s) {unknown}; expected some of "
-            f"type, {', '.join(setters)}"
-        )
-    for key, value in section.items():
-        config = getattr(config, setters[key])(value)
+        config = CompressionConfig.from_dict(dict(section))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"[compression]: {exc}") from None
     return FederatedClient(node_id, config)
 
 

@@ -683,7 +683,6 @@ class GroundDaemon:
         closed = self._round
         duration_s = now - self._round_opened_s
         self._round += 1
-        self._rounds_closed += 1
         self._round_opened_s = now
         self._deadline_s = now + self.config.deadline_s
         write_checkpoint(
@@ -691,7 +690,7 @@ class GroundDaemon:
             Checkpoint(
                 self._round,
                 self.session.version,
-                self._rounds_closed,
+                self._rounds_closed + 1,
                 now,
                 self.session.model,
                 self.session.optimizer_state,
@@ -706,6 +705,7 @@ class GroundDaemon:
         self.metrics.pending.set(0)
         self._round_agents = set()
         self._round_count = 0
+        self._rounds_closed += 1  # last: tests and callers poll this
         if self.on_round_closed is not None:
             self.on_round_closed(closed, outcome)
 
