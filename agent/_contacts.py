@@ -710,3 +710,33 @@ class ContactPredictor:
             open_now = [w for w in self._windows[:i] if w.end_time >= t]
             return min(open_now, key=lambda w: w.end_time)
         return self._windows[i] if i < len(self._windows) else None
+
+
+def rate_profile(
+    satrec: Satrec,
+    station: GroundStation,
+    start: datetime,
+    end: datetime,
+    step_s: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative effective seconds over ``[start, end]`` for one pass.
+
+    Returns ``(offset_s, cumulative_s)``: times from ``start`` and the integral
+    of the rate fraction (:func:`agent._stations.rate_fraction`) up to each, by
+    the trapezoid rule on SGP4 positions ``step_s`` apart.  Multiply by a rate
+    in Mbps and divide by 8 for MB; differences give the capacity of a slice.
+    """
+    span_s = max((end - start).total_seconds(), 0.0)
+    n = max(2, math.ceil(span_s / step_s) + 1)
+    offset_s = np.linspace(0.0, span_s, n)
+    jd0, fr0 = datetime_to_jd(start)
+    jd = np.full(n, jd0)
+    fr = fr0 + offset_s / DAY_S
+    err, r, v = satrec.sgp4_array(jd, fr)
+    r_ecef, _ = teme_to_ecef_state_km(r, v, jd, fr)
+    site = station.ecef_km()
+    range_km = np.linalg.norm(r_ecef - site, axis=1)
+    zenith_km = np.linalg.norm(r_ecef, axis=1) - np.linalg.norm(site)
+    frac = np.where(err == 0, rate_fraction(range_km, zenith_km), 0.0)
+    steps = 0.5 * (frac[1:] + frac[:-1]) * np.diff(offset_s)
+    return offset_s, np.concatenate([[0.0], np.cumsum(steps)])

@@ -23,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "GroundStation": "agent._stations",
     "ContactWindow": "agent._contacts",
     "WindowFlag": "agent._contacts",
+    "SyncScheduler": "ground._scheduler",
+    "Transfer": "ground._scheduler",
+    "TransferPlan": "ground._scheduler",
     # model partitioning (issue 6)
     "ModelProfile": "ground._partition",
     "LayerProfile": "ground._partition",

@@ -16,6 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run the aggregator daemon: serve --config ground.toml",
     ),
     "keygen": ("ground._cmd_keygen", "make a CURVE key pair: keygen DIR NAME"),
+    "passes": (
+        "ground._cmd_passes",
+        "contact windows: passes --tle FILE --station NAME,LAT,LON,ALT_KM --start T "
+        "--hours H",
+    ),
     "plan": (
         "ground._cmd_plan",
         "place a model's layers on nodes: plan --model spec.json --nodes nodes.toml",
