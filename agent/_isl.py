@@ -277,11 +277,13 @@ class IslNetwork:
         dists = [d]
         kinds = [np.full(len(d), LINK_ISL, dtype=np.int8)]
         positions = [r_km]
-        for k, (_name, site, min_el) in enumerate(self.stations):
+        for k, (_name, site, min_el, antennas) in enumerate(self.stations):
             site_km = site.ecef_km()
             positions.append(site_km[None, :])
+            min_el = cfg.ground_min_elevation_deg if min_el is None else min_el
+            limits = [x for x in (antennas, cfg.ground_terminals) if x is not None]
             sats, rng = _visible_from(
-                site, site_km, r_km, ok, _resolve_min_el(min_el, cfg), cfg
+                site, site_km, r_km, ok, min_el, min(limits) if limits else None
             )
             edges.append(np.stack([sats, np.full(len(sats), n_sat + k)], axis=1))
             dists.append(rng)
@@ -382,9 +384,12 @@ def _visible_from(
     r_km: np.ndarray,
     ok: np.ndarray,
     min_elevation_deg: float,
-    cfg: IslConfig,
+    terminals: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Satellites above the station's minimum elevation, and their slant ranges."""
+    """Satellites above the station's minimum elevation, and their slant ranges.
+
+    With ``terminals`` set, only that many of them, the highest first.
+    """
     lat, lon = math.radians(site.lat_deg), math.radians(site.lon_deg)
     up = np.array(
         [math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)]
@@ -395,8 +400,8 @@ def _visible_from(
         sin_el = (rho @ up) / rng
         visible = ok & (sin_el >= math.sin(math.radians(min_elevation_deg)))
     sats = np.nonzero(visible)[0]
-    if cfg.ground_terminals is not None and len(sats) > cfg.ground_terminals:
-        best = np.argsort(-sin_el[sats], kind="stable")[: cfg.ground_terminals]
+    if terminals is not None and len(sats) > terminals:
+        best = np.argsort(-sin_el[sats], kind="stable")[:terminals]
         sats = np.sort(sats[best])
     return sats, rng[sats]
 
@@ -414,16 +419,20 @@ def _events(snaps: list[IslSnapshot]) -> list[LinkEvent]:
     return events
 
 
-def _station_site(station: object) -> tuple[str, Position, float | None]:
-    """(name, Position, min elevation or None) of a station in any common shape.
+def _station_site(station: object) -> tuple[str, Position, float | None, int | None]:
+    """(name, Position, min elevation, antennas) of a station in a common shape.
 
     Takes a ``(name, Position)`` pair, or an object with ``name`` and either a
-    ``position`` or ``lat_deg``/``lon_deg``/``alt_km`` (or ``altitude_km``).
+    ``position`` or ``lat_deg``/``lon_deg``/``alt_km`` (or ``altitude_km``),
+    such as agent._stations.GroundStation; its ``min_elevation_deg`` and
+    ``antennas`` (how many satellites it serves at once) are used when present.
     """
+    antennas = None
     if isinstance(station, tuple) and len(station) == 2:
         name, position = station
         min_el = None
     else:
+        antennas = getattr(station, "antennas", None)
         name = getattr(station, "name", None)
         position = getattr(station, "position", None)
         if position is None and hasattr(station, "lat_deg"):
@@ -435,11 +444,7 @@ def _station_site(station: object) -> tuple[str, Position, float | None]:
             f"ground station {station!r} needs a name and a Position; pass "
             "(name, Position) or an object with .name and .position"
         )
-    return name, position, min_el
-
-
-def _resolve_min_el(site_min_el: float | None, cfg: IslConfig) -> float:
-    return cfg.ground_min_elevation_deg if site_min_el is None else site_min_el
+    return name, position, min_el, antennas
 
 
 def _geodetic(r_km: np.ndarray) -> Position:

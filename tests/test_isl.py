@@ -215,3 +215,64 @@ def test_config_problems_are_reported_together():
             walker_tles(2, 2, 0, 550.0, 53.0, EPOCH),
             IslConfig(planes=2, sats_per_plane=3),
         )
+
+
+def test_a_decayed_satellite_gets_a_status_and_no_links_not_an_exception():
+    from agent._tle import format_tle
+
+    # perigee inside the Earth: SGP4 reports error 6 (decayed)
+    line1, line2 = format_tle(
+        catalog_number=99,
+        epoch=EPOCH,
+        inclination_deg=53.0,
+        raan_deg=0.0,
+        eccentricity=0.5,
+        arg_perigee_deg=0.0,
+        mean_anomaly_deg=0.0,
+        mean_motion_rev_day=15.0,
+    )
+    tles = walker_tles(1, 30, 0, 550.0, 53.0, EPOCH) + [("decayed", line1, line2)]
+    snap = IslNetwork(tles, IslConfig(topology="nearest")).snapshot(EPOCH)
+    assert snap.status[-1] == 6 and np.all(snap.status[:-1] == 0)
+    assert snap.degree()[-1] == 0 and np.all(snap.degree()[:-1] == 4)
+    assert np.all(np.isnan(snap.positions_km[-1]))
+
+
+def test_station_antennas_limit_ground_links_to_the_highest_satellites():
+    from agent._stations import GroundStation
+
+    tles = walker_tles(24, 24, 1, 550.0, 53.0, EPOCH)
+    cfg = IslConfig(planes=24, sats_per_plane=24, phasing=1)
+    site = Position(40.43, -3.95, 0.65)
+    one = GroundStation("madrid", site, 50.0, 200.0, min_elevation_deg=10.0)
+    two = GroundStation("madrid", site, 50.0, 200.0, min_elevation_deg=10.0, antennas=2)
+    open_sky = IslNetwork(tles, cfg, [("madrid", site)])
+    all_visible = open_sky.snapshot(EPOCH)
+    limited = {
+        k: IslNetwork(tles, cfg, [station]).snapshot(EPOCH)
+        for k, station in ((1, one), (2, two))
+    }
+    assert (all_visible.kind == LINK_GROUND).sum() > 2
+    for k, snap in limited.items():
+        ground = snap.kind == LINK_GROUND
+        assert ground.sum() == k
+        # the chosen ones are the nearest, i.e. highest in the sky
+        nearest = np.sort(all_visible.distance_km[all_visible.kind == LINK_GROUND])
+        assert np.allclose(np.sort(snap.distance_km[ground]), nearest[:k])
+
+
+def test_snapshot_as_a_mesh_routes_to_the_ground():
+    tles = walker_tles(10, 10, 1, 550.0, 53.0, EPOCH)
+    cfg = IslConfig(
+        planes=10, sats_per_plane=10, phasing=1, ground_min_elevation_deg=10
+    )
+    snap = IslNetwork(tles, cfg, [("madrid", Position(40.43, -3.95))]).snapshot(EPOCH)
+    mesh = snap.to_mesh()
+    assert len(mesh) == 101 and mesh.node("madrid").is_ground
+    route = mesh.find_route("sat-05-05", "madrid")
+    g = snap.link_graph()
+    tables = build_tables(g, expires=EPOCH)
+    cost_ms = tables.cost_us[g.index_of("sat-05-05"), g.index_of("madrid")] / 1e3
+    assert route.total_latency_ms == pytest.approx(cost_ms, abs=1e-3 * route.hop_count)
+    assert route.bottleneck_mbps == cfg.ground_rate_mbps
+    assert route.total_distance_km > 0

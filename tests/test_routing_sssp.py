@@ -35,7 +35,7 @@ def random_csr(rng, n, m, *, integer_weights=True, down_fraction=0.1):
     return indptr, dst.astype(np.int32), w, aux
 
 
-@pytest.mark.skipif(compiled is None, reason="compiled kernels not built")
+@pytest.mark.skipif(compiled is None, reason="compiled kernel not built or ORBITFL_KERNELS=numpy")
 @settings(max_examples=200, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -56,7 +56,7 @@ def test_compiled_sssp_equals_twin_bit_for_bit(seed, n, density, integer):
         assert np.array_equal(a, b), name
 
 
-@pytest.mark.skipif(compiled is None, reason="compiled kernels not built")
+@pytest.mark.skipif(compiled is None, reason="compiled kernel not built or ORBITFL_KERNELS=numpy")
 def test_compiled_sssp_many_equals_twin():
     rng = np.random.default_rng(7)
     indptr, indices, w, _aux = random_csr(rng, 60, 300)
