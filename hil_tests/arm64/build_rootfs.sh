@@ -138,12 +138,23 @@ if [ ! -e "$WORK/.venv-$req_key.done" ]; then
     in_rootfs /usr/bin/python3 -m venv "$OPT/venv"
     # --upgrade: the venv comes with bookworm's older pip and setuptools.
     in_rootfs "$OPT/venv/bin/pip" install -q --upgrade --no-index \
-        --find-links "$OPT/wheels" "${reqs[@]}"
+        --no-compile --find-links "$OPT/wheels" "${reqs[@]}"
     touch "$WORK/.venv-$req_key.done"
     stage_end venv
 fi
 
 # --- 7. the project: sdist on the host, kernels compiled inside -----------
+# Redone only when the source changed since the last build.
+src_hash=$(cd "$REPO" && find setup.py pyproject.toml MANIFEST.in agent ground \
+    kernels_pyx -type f \( -name '*.py' -o -name '*.pyx' -o -name '*.pxd' \
+    -o -name '*.toml' -o -name '*.in' \) -not -path '*/__pycache__/*' 2>/dev/null \
+    | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+if [ -e "$WORK/.project-$src_hash.done" ] && [ "${HIL_FORCE_PROJECT:-0}" != 1 ]; then
+    log "project unchanged since the last build ($src_hash); nothing to do"
+    log "root filesystem ready: $ROOTFS"
+    exit 0
+fi
+rm -f "$WORK"/.project-*.done
 stage_start "project (sdist + kernel build with the arm64 gcc)"
 dist="$WORK/dist"
 rm -rf "$dist"
@@ -155,7 +166,7 @@ rm -rf "$stage_src"
 mkdir -p "$stage_src"
 (cd "$REPO" && tar -cf - --exclude='*.so' --exclude='*.c' \
     --exclude='__pycache__' --exclude='*.egg-info' \
-    setup.py pyproject.toml README.md agent ground kernels_pyx) \
+    setup.py pyproject.toml README.md MANIFEST.in agent ground kernels_pyx) \
     | tar -xf - -C "$stage_src"
 (cd "$stage_src" && "$host_py" setup.py -q sdist --dist-dir "$dist" \
     >"$WORK/sdist.log" 2>&1) \
@@ -164,10 +175,18 @@ sdist=$(ls "$dist"/orbitfl-*.tar.gz)
 rm -rf "$ROOTFS$OPT/src"
 mkdir -p "$ROOTFS$OPT/src"
 tar -xzf "$sdist" -C "$ROOTFS$OPT/src" --strip-components=1
-# No generated C from the host: Cython and gcc inside make their own.
-find "$ROOTFS$OPT/src/kernels_pyx" -name '*.c' -delete 2>/dev/null || true
+# Cython's output is the same C whatever the machine (same Cython, pinned
+# above), so take the C the sdist build just generated on the host and leave
+# only the compilation to the arm64 gcc: Cython itself under qemu costs about
+# a minute per kernel.  HIL_CYTHONIZE_INSIDE=1 runs Cython inside as well.
+if [ "${HIL_CYTHONIZE_INSIDE:-0}" != 1 ]; then
+    for c in "$stage_src"/kernels_pyx/*.c; do
+        [ -e "$c" ] && cp -p "$c" "$ROOTFS$OPT/src/kernels_pyx/"
+    done
+    touch "$ROOTFS$OPT/src/kernels_pyx/"*.c 2>/dev/null || true
+fi
 in_rootfs /bin/sh -c "cd $OPT/src && $OPT/venv/bin/python setup.py -q \
-    build_ext --inplace" >"$WORK/kernel-build.log" 2>&1 \
+    build_ext --inplace -j $(nproc)" >"$WORK/kernel-build.log" 2>&1 \
     || { tail -n 30 "$WORK/kernel-build.log" >&2; \
          die "kernel build failed, log in $WORK/kernel-build.log"; }
 if grep -q WARNING "$WORK/kernel-build.log"; then
@@ -183,6 +202,7 @@ for so in "$ROOTFS$OPT/src/agent/kernels/"*.so; do
     [ "$file_arch" = b700 ] || die "$so is not an aarch64 ELF (e_machine $file_arch)"
 done
 echo "$(basename "$sdist")" >"$WORK/.project-sdist"
+touch "$WORK/.project-$src_hash.done"
 stage_end project
 
 log "root filesystem ready in $(( $(date +%s) - T_ALL )) s: $ROOTFS" \
