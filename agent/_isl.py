@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 import numpy as np
 from sgp4.api import Satrec, SatrecArray
 
-from agent._geo import SPEED_OF_LIGHT_KM_S, WGS84_A_KM, Position
+from agent._geo import SPEED_OF_LIGHT_KM_S, WGS84_A_KM, WGS84_E2, Position
 from agent._orbit import datetime_to_jd, teme_to_ecef_km
 from agent._routing import LinkGraph
 
@@ -181,21 +181,31 @@ class IslSeries:
         This is conservative by up to one step: the link may stay up a little
         past the last snapshot that saw it.
         """
-        snaps = self.snapshots
-        keys = snaps[k].link_keys()
-        until = np.full(keys.shape, snaps[k].time.timestamp())
-        alive = np.ones(keys.shape, dtype=bool)
-        for j in range(k + 1, len(snaps)):
-            later = np.sort(snaps[j].link_keys())
-            pos = np.searchsorted(later, keys)
-            present = (pos < later.size) & (
-                later[np.minimum(pos, later.size - 1)] == keys
-            )
-            alive &= present
-            if not alive.any():
-                break
-            until[alive] = snaps[j].time.timestamp()
-        return until
+        cache = self.__dict__.get("_valid_until_cache")
+        if cache is None:
+            cache = self._valid_until_all()
+            object.__setattr__(self, "_valid_until_cache", cache)
+        return cache[k].copy()
+
+    def _valid_until_all(self) -> list[np.ndarray]:
+        # one backward pass: a link present in snapshot j+1 inherits its
+        # valid-until from there, otherwise it ends at snapshot j.  Edge keys
+        # are sorted because edges are sorted by (a, b).
+        result: list[np.ndarray] = [np.empty(0)] * len(self.snapshots)
+        next_keys = np.empty(0, dtype=np.int64)
+        next_until = np.empty(0)
+        for j in range(len(self.snapshots) - 1, -1, -1):
+            snap = self.snapshots[j]
+            keys = snap.link_keys()
+            until = np.full(keys.shape, snap.time.timestamp())
+            if next_keys.size and keys.size:
+                pos = np.searchsorted(next_keys, keys)
+                slot = np.minimum(pos, next_keys.size - 1)
+                present = (pos < next_keys.size) & (next_keys[slot] == keys)
+                until[present] = next_until[slot[present]]
+            result[j] = until
+            next_keys, next_until = keys, until
+        return result
 
 
 class IslNetwork:
@@ -449,8 +459,6 @@ def _station_site(station: object) -> tuple[str, Position, float | None, int | N
 
 def _geodetic(r_km: np.ndarray) -> Position:
     """Geodetic Position of an Earth-fixed point (Bowring's method, one step)."""
-    from agent._geo import WGS84_E2
-
     x, y, z = (float(c) for c in r_km)
     lon = math.degrees(math.atan2(y, x))
     p = math.hypot(x, y)

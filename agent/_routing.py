@@ -367,6 +367,21 @@ class RoutingTable:
                 problems.append(
                     f"{key} has shape {arrays[key].shape}, expected ({size},)"
                 )
+        for key, kinds in (
+            ("next_hop", "i"),
+            ("indices", "i"),
+            ("indptr", "i"),
+            ("cost_us", "u"),
+            ("weight_us", "u"),
+            ("valid_until_s", "f"),
+            ("edge_valid_until_s", "f"),
+        ):
+            if arrays[key].dtype.kind != kinds or arrays[key].dtype.itemsize > 8:
+                problems.append(
+                    f"{key} has dtype {arrays[key].dtype}, expected "
+                    + {"i": "a signed", "u": "an unsigned", "f": "a float"}[kinds]
+                    + " type"
+                )
         m = arrays["indices"].shape
         for key in ("weight_us", "edge_valid_until_s"):
             if arrays[key].shape != m:

@@ -220,3 +220,29 @@ def test_tables_need_symmetric_links():
         build_tables(lopsided, expires=0.0)
     with pytest.raises(ValueError, match="method='fast'"):
         build_tables(g, expires=0.0, method="fast")
+
+
+def test_rows_with_the_wrong_array_types_are_rejected():
+    good = msgpack.unpackb(RoutingTable.compute(line_graph(), "a", 250.0).to_bytes())
+    msg = dict(good)
+    msg["cost_us"] = ["<f8", [4], np.zeros(4).tobytes()]
+    with pytest.raises(RoutingTableError, match="cost_us has dtype float64"):
+        RoutingTable.from_bytes(msgpack.packb(msg, use_bin_type=True))
+
+
+def test_the_agent_mesh_modules_need_neither_scipy_nor_networkx():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agent\n"
+        "from agent import SpaceMesh, IslNetwork, RoutingTable, earliest_arrival\n"
+        "import agent._mesh, agent._isl, agent._routing, agent._cgr\n"
+        "agent._routing.sssp_backend()\n"
+        "bad = [m for m in ('scipy', 'networkx') if m in sys.modules]\n"
+        "sys.exit(f'imported {bad}' if bad else 0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
