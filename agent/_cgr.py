@@ -143,6 +143,12 @@ class ContactPlan:
             raise ValueError("this plan has no epoch; pass times in seconds")
         return (when - self.epoch).total_seconds()
 
+    def time(self, seconds: float) -> datetime:
+        """The datetime ``seconds`` after the plan's epoch."""
+        if self.epoch is None:
+            raise ValueError("this plan has no epoch; its times are plain seconds")
+        return self.epoch + timedelta(seconds=seconds)
+
     def residual_bytes(self, cid: int) -> float:
         """Volume of contact ``cid`` not yet booked."""
         return self.contacts[cid].volume_bytes - self.booked_bytes[cid]
@@ -272,11 +278,15 @@ class ContactPlan:
 def earliest_arrival(
     plan: ContactPlan,
     source: str,
-    t_s: float,
+    t_s: float | datetime,
     bundle_bytes: int,
     destinations: Iterable[str],
 ) -> CgrRoute | None:
     """Route a bundle created at ``source`` at ``t_s`` to the soonest destination.
+
+    ``t_s`` is seconds after the plan's epoch, or an aware datetime (then the
+    plan needs an epoch).  Route times are seconds after the epoch;
+    ``plan.time(route.arrival_s)`` gives a datetime.
 
     Return None when no destination can be reached within the plan.  A
     contact is usable if the bundle, queued after what is already booked on
@@ -287,6 +297,8 @@ def earliest_arrival(
         raise KeyError(f"unknown node {source!r}: it appears in no contact")
     if not (isinstance(bundle_bytes, int) and bundle_bytes > 0):
         raise ValueError(f"bundle_bytes={bundle_bytes!r} must be a positive int")
+    if isinstance(t_s, datetime):
+        t_s = plan.seconds(t_s)
     targets = set(destinations)
     if not targets:
         raise ValueError("destinations is empty; name at least one node")

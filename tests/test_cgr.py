@@ -2,7 +2,7 @@
 
 import itertools
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -255,9 +255,13 @@ def test_contacts_from_predicted_passes_carry_the_pass_capacity():
         assert c.start_s == (w.start_time - EPOCH).total_seconds()
         assert c.volume_bytes == pytest.approx(w.data_capacity_mb * 1e6, rel=1e-9)
     plan = ContactPlan(contacts, epoch=EPOCH)
-    route = earliest_arrival(plan, name, 0.0, 10_000_000, ["madrid"])
+    route = earliest_arrival(plan, name, EPOCH, 10_000_000, ["madrid"])
     first = next(c for c in contacts if c.volume_bytes >= 10_000_000)
     assert route.departure_s == first.start_s
+    # the bundle leaves within the pass and lands before the pass ends
+    window = windows[contacts.index(first)]
+    assert window.contains(plan.time(route.departure_s))
+    assert plan.time(route.arrival_s) <= window.end_time + timedelta(seconds=0.02)
 
 
 @pytest.mark.parametrize("t_s", [0.0, 3600.0])

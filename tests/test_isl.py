@@ -276,3 +276,34 @@ def test_snapshot_as_a_mesh_routes_to_the_ground():
     assert route.total_latency_ms == pytest.approx(cost_ms, abs=1e-3 * route.hop_count)
     assert route.bottleneck_mbps == cfg.ground_rate_mbps
     assert route.total_distance_km > 0
+
+
+def test_ground_links_of_real_starlink_tles_agree_with_skyfield(tle_dir):
+    # Outside truth: skyfield's topocentric elevation (IAU 2000 Earth
+    # rotation, its own SGP4 wrapper) for real Starlink element sets.
+    from skyfield.api import EarthSatellite, load, wgs84
+
+    from agent._tle import load_elements
+
+    entries = load_elements(tle_dir / "starlink_2023-07-18.txt").entries[:600]
+    tles = [(f"{e.name.strip()}#{i}", e.line1, e.line2) for i, e in enumerate(entries)]
+    when = datetime(2023, 7, 18, 6, 0, tzinfo=UTC)
+    site = Position(47.6, -122.3, 0.05)
+    cfg = IslConfig(topology="nearest", ground_min_elevation_deg=25.0)
+    snap = IslNetwork(tles, cfg, [("seattle", site)]).snapshot(when)
+    linked = set(snap.edges[snap.kind == LINK_GROUND][:, 0].tolist())
+
+    ts = load.timescale(builtin=True)
+    t = ts.from_datetime(when)
+    observer = wgs84.latlon(site.lat_deg, site.lon_deg, site.alt_km * 1000.0)
+    margin_deg = 0.05  # the two Earth rotation models differ by arcseconds
+    checked = 0
+    for i, (_name, line1, line2) in enumerate(tles):
+        if snap.status[i] != 0:
+            continue
+        alt, _az, _dist = (EarthSatellite(line1, line2, ts=ts) - observer).at(t).altaz()
+        if abs(alt.degrees - 25.0) < margin_deg:
+            continue
+        assert (i in linked) == (alt.degrees > 25.0), (i, alt.degrees)
+        checked += 1
+    assert checked > 500 and linked
