@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -51,9 +52,11 @@ class Contact:
         problems = []
         for name in ("start_s", "end_s", "rate_bytes_s", "owlt_s"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value):
+            if not isinstance(value, numbers.Real) or not math.isfinite(value):
                 problems.append(f"{name}={value!r} is not a finite number")
         if not problems:
+            for name in ("start_s", "end_s", "rate_bytes_s", "owlt_s"):
+                object.__setattr__(self, name, float(getattr(self, name)))
             if self.end_s <= self.start_s:
                 problems.append(
                     f"end_s={self.end_s} must be after start_s={self.start_s}"

@@ -34,6 +34,7 @@ import numpy as np
 from sgp4.api import Satrec, SatrecArray
 
 from agent._geo import SPEED_OF_LIGHT_KM_S, WGS84_A_KM, WGS84_E2, Position
+from agent._mesh import MeshNode, SpaceMesh
 from agent._orbit import datetime_to_jd, teme_to_ecef_km
 from agent._routing import LinkGraph
 
@@ -133,10 +134,8 @@ class IslSnapshot:
             valid_until_s,
         )
 
-    def to_mesh(self):  # -> SpaceMesh; imported lazily to keep the modules apart
+    def to_mesh(self) -> SpaceMesh:
         """The snapshot as a SpaceMesh with geodetic node positions."""
-        from agent._mesh import MeshNode, SpaceMesh
-
         mesh = SpaceMesh()
         for i, name in enumerate(self.node_ids):
             mesh.add_node(

@@ -10,6 +10,7 @@ needs neither scipy nor networkx.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -110,7 +111,7 @@ class SpaceMesh:
         self._require(b)
         if a == b:
             raise ValueError(f"a link needs two different nodes, got {a!r} twice")
-        if not (isinstance(bandwidth_mbps, int | float) and bandwidth_mbps > 0):
+        if not (isinstance(bandwidth_mbps, numbers.Real) and bandwidth_mbps > 0):
             raise ValueError(
                 f"bandwidth_mbps={bandwidth_mbps!r} for link {a!r}-{b!r} must be > 0"
             )
@@ -123,7 +124,7 @@ class SpaceMesh:
                 )
             latency_ms = distance / SPEED_OF_LIGHT_KM_S * 1000.0
         if not (
-            isinstance(latency_ms, int | float)
+            isinstance(latency_ms, numbers.Real)
             and math.isfinite(latency_ms)
             and latency_ms >= 0
         ):

@@ -91,7 +91,7 @@ def test_unroutable_and_bad_requests():
         earliest_arrival(plan, "x", 0.0, 1, ["gs"])
     with pytest.raises(ValueError, match="bundle_bytes=0"):
         earliest_arrival(plan, "s", 0.0, 0, ["gs"])
-    with pytest.raises(ValueError, match="end_s=5 must be after start_s=5"):
+    with pytest.raises(ValueError, match="end_s=5.0 must be after start_s=5.0"):
         Contact(5, 5, "a", "b", 1)
 
 
