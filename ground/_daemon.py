@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -119,6 +120,49 @@ class _Authenticator(ThreadAuthenticator):
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         return self.allowlist.name_of(z85.encode(client_public_key))
+
+
+class _TensorView:
+    __slots__ = ("shape", "dtype", "values", "indices")
+
+    def __init__(self, payload: Any) -> None:
+        self.shape = tuple(payload.shape)
+        self.dtype = payload.dtype
+        self.values = payload.values
+        self.indices = payload.idx
+
+
+class _CompressedView:
+    """A compressed update with ``tensors`` as per-tensor objects.
+
+    ``agent``'s ``CompressedUpdate.tensors`` maps a name to ``(shape, dtype)``
+    while ``ground._aggregate_updates`` validates objects with ``shape``,
+    ``values`` and ``indices``.  Until the two agree this private adapter
+    presents the payloads in the second form; everything else is delegated.
+    """
+
+    def __init__(self, update: Any) -> None:
+        self._update = update
+
+    @property
+    def tensors(self) -> dict[str, _TensorView]:
+        return {p.name: _TensorView(p) for p in self._update._tensors}
+
+    def add_to(self, accumulators: dict[str, np.ndarray], weight: float) -> None:
+        self._update.add_to(accumulators, weight)
+
+    def decompress(self) -> Any:
+        return self._update.decompress()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._update, name)
+
+
+def _for_aggregator(update: Any) -> Any:
+    if isinstance(update, dict) or not hasattr(update, "_tensors"):
+        return update
+    first = next(iter(update.tensors.values()), None)
+    return _CompressedView(update) if isinstance(first, tuple) else update
 
 
 def initial_model(config: GroundConfig) -> dict[str, np.ndarray]:
@@ -329,7 +373,7 @@ class GroundDaemon:
                 body = wire.decode_body(
                     wire.MessageType.UPDATE, row.body, self.config.limits
                 )
-                update = wire.decode_update(body, self.config.limits)
+                update = _for_aggregator(wire.decode_update(body, self.config.limits))
                 self.session.submit(
                     update,
                     num_samples=row.num_samples,
@@ -595,7 +639,7 @@ class GroundDaemon:
                 )
             staleness = 0
         try:
-            update = wire.decode_update(msg.body, self.config.limits)
+            update = _for_aggregator(wire.decode_update(msg.body, self.config.limits))
         except ValueError as exc:
             return refuse(wire.NackReason.BAD_UPDATE, str(exc))
 
