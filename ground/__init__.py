@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     # mesh routing tables (issue 5)
     "ConstellationTables": "ground._tables",
     "build_tables": "ground._tables",
+    "tables_for_snapshot": "ground._tables",
     # aggregator daemon (issue 3)
     "GroundDaemon": "ground._daemon",
     "GroundConfig": "ground._config",

@@ -160,3 +160,20 @@ def _all_pairs_scipy(graph: LinkGraph) -> tuple[np.ndarray, np.ndarray]:
     pred = pred.astype(np.int32)
     pred[pred < 0] = -1
     return dist, pred
+
+
+def tables_for_snapshot(
+    series, k: int, *, method: str = "kernel"
+) -> ConstellationTables:
+    """Tables for snapshot ``k`` of an ISL series, ready to upload row by row.
+
+    Each link's valid-until is the last snapshot of the series that still
+    shows it; the tables expire when the next snapshot is due (or, for the
+    last one, one step after it).
+    """
+    snaps = series.snapshots
+    if not 0 <= k < len(snaps):
+        raise IndexError(f"snapshot {k} is outside the series of {len(snaps)}")
+    graph = snaps[k].link_graph(series.edge_valid_until_s(k))
+    expires = snaps[k].time.timestamp() + series.step_s
+    return build_tables(graph, expires=expires, method=method)

@@ -246,3 +246,16 @@ def test_the_agent_mesh_modules_need_neither_scipy_nor_networkx():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_tables_for_a_series_snapshot_expire_at_the_next_snapshot(series):
+    from ground import tables_for_snapshot
+
+    tables = tables_for_snapshot(series, 2)
+    assert tables.expires_s == series.snapshots[3].time.timestamp()
+    row = tables.row("sat-04-04")
+    assert np.all(row.valid_until_s[row.next_hop >= 0] <= tables.expires_s)
+    # satellites keep their +Grid links all horizon: capped at the expiry
+    assert row.valid_until_s[row.graph.index_of("sat-04-05")] == tables.expires_s
+    with pytest.raises(IndexError, match="snapshot 99 is outside"):
+        tables_for_snapshot(series, 99)
