@@ -358,7 +358,14 @@ class Agent:
             self.config.max_rounds
         ):
             return
-        self._train(rnd, version, self._weights, msg.body["deadline_s"])
+        try:
+            self._train(rnd, version, self._weights, msg.body["deadline_s"])
+        except Exception:
+            # A model the trainer cannot use (or a trainer bug) costs this
+            # round, not the agent: log it and wait for the next model.
+            log.exception("%s: training round %d failed; skipping it", self.id, rnd)
+            self.outbox.set_meta("trained_round", rnd)
+            self.outbox.set_meta("trained_version", version)
 
     def _train(
         self, rnd: int, version: int, weights: dict[str, np.ndarray], deadline_s: float
@@ -413,4 +420,5 @@ class Agent:
             len(body),
             deadline_s - self._now_s(),
         )
-        self._send_due()
+        if self.link_up():  # the pass may have ended while we trained
+            self._send_due()
