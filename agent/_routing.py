@@ -100,12 +100,24 @@ class LinkGraph:
                 f"edge arrays must be 1-D and of one length, got a{a.shape}, "
                 f"b{b.shape}, weight_us{w.shape}, valid_until_s{v.shape}"
             )
-        if a.size and (min(a.min(), b.min()) < 0 or max(a.max(), b.max()) >= n):
-            raise ValueError(f"edge endpoints must be node indices in [0, {n})")
-        if a.size and (np.any(a == b) or not np.all(np.isfinite(w)) or w.min() < 0):
-            raise ValueError(
-                "edges must join two different nodes with a finite weight >= 0 us"
-            )
+        if a.size:
+            lo, hi = int(min(a.min(), b.min())), int(max(a.max(), b.max()))
+            if lo < 0 or hi >= n:
+                raise ValueError(
+                    f"edge endpoints must be node indices in [0, {n}), got {lo}..{hi}"
+                )
+            loops = np.nonzero(a == b)[0]
+            if loops.size:
+                raise ValueError(
+                    f"edge {int(loops[0])} joins node {int(a[loops[0]])} to itself"
+                )
+            bad = ~np.isfinite(w) | (w < 0) | (w > UNREACHABLE_US - 1)
+            if bad.any():
+                k = int(np.nonzero(bad)[0][0])
+                raise ValueError(
+                    f"edge {k} has weight {float(w[k])!r} us; link weights must be whole "
+                    f"microseconds in [0, {UNREACHABLE_US - 1}]"
+                )
         src = np.concatenate([a, b])
         dst = np.concatenate([b, a])
         order = np.lexsort((dst, src))
