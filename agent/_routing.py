@@ -115,8 +115,8 @@ class LinkGraph:
             if bad.any():
                 k = int(np.nonzero(bad)[0][0])
                 raise ValueError(
-                    f"edge {k} has weight {float(w[k])!r} us; link weights must be whole "
-                    f"microseconds in [0, {UNREACHABLE_US - 1}]"
+                    f"edge {k} has weight {float(w[k])!r} us; link weights must "
+                    f"be whole microseconds in [0, {UNREACHABLE_US - 1}]"
                 )
         src = np.concatenate([a, b])
         dst = np.concatenate([b, a])

@@ -259,3 +259,13 @@ def test_tables_for_a_series_snapshot_expire_at_the_next_snapshot(series):
     assert row.valid_until_s[row.graph.index_of("sat-04-05")] == tables.expires_s
     with pytest.raises(IndexError, match="snapshot 99 is outside"):
         tables_for_snapshot(series, 99)
+
+
+def test_link_graph_rejects_bad_edges_naming_them():
+    ids = ["x", "y"]
+    with pytest.raises(ValueError, match=r"\[0, 2\), got 0..5"):
+        LinkGraph.from_edges(ids, np.array([0]), np.array([5]), np.array([1.0]))
+    with pytest.raises(ValueError, match="edge 0 joins node 1 to itself"):
+        LinkGraph.from_edges(ids, np.array([1]), np.array([1]), np.array([1.0]))
+    with pytest.raises(ValueError, match="edge 0 has weight -3.0 us"):
+        LinkGraph.from_edges(ids, np.array([0]), np.array([1]), np.array([-3.0]))
