@@ -40,6 +40,7 @@ from ground._aggregate_session import (
 )
 from ground._aggregate_updates import (
     Template,
+    TensorSpec,
     check_update,
     is_compressed,
     template_of,
@@ -292,24 +293,24 @@ class GradientAggregator:
 
 
 def _batch_template(updates: list[Any]) -> Template:
-    """Return the template the first update sets for ``aggregate``."""
-    first = updates[0]
-    if is_compressed(first):
-        first = first.decompress()
-    template = template_of(first, what="first update")
-    # Accumulate in the widest float dtype among the updates (at least float32),
-    # so float64 gradients are averaged in float64.
+    """Return the template the first update sets for ``aggregate``.
+
+    It accumulates in the widest float dtype among all the updates (at least
+    float32), so float64 gradients are averaged in float64.
+    """
+    template = template_of(updates[0], what="first update")
     dtypes = []
     for u in updates:
         if is_compressed(u):
-            continue
-        items = u.values() if isinstance(u, Mapping) else [u]
-        dtypes.extend(np.asarray(a).dtype for a in items)
-    floats = [d for d in dtypes if d.kind == "f"]
-    widest = np.result_type(template.acc_dtype, *floats)
-    template.tensors = {
-        name: type(spec)(spec.shape, np.result_type(spec.dtype, widest))
-        for name, spec in template.tensors.items()
-    }
-    template.acc_dtype = widest
-    return template
+            dtypes.extend(np.dtype(dt) for _, dt in u.tensors.values())
+        else:
+            items = u.values() if isinstance(u, Mapping) else [u]
+            dtypes.extend(np.asarray(a).dtype for a in items)
+    widest = np.result_type(template.acc_dtype, *(d for d in dtypes if d.kind == "f"))
+    return Template(
+        {
+            name: TensorSpec(spec.shape, np.result_type(spec.dtype, widest))
+            for name, spec in template.tensors.items()
+        },
+        template.bare,
+    )

@@ -17,6 +17,7 @@ from ground._aggregate_updates import (
     Template,
     UpdateRejected,
     check_update,
+    compressed_names,
     is_compressed,
     template_of,
 )
@@ -106,13 +107,14 @@ def add_scaled(
     template: Template,
     scratch: np.ndarray,
 ) -> None:
-    """Add ``weight * update`` into the flat ``targets`` (accumulators or model)."""
+    """Add ``weight * update`` into the flat ``targets`` (accumulators or model).
+
+    A compressed update goes through its own scatter-add (the compiled kernel:
+    O(kept elements), never decompressed); a dense one through ``axpy``.
+    """
     if is_compressed(update):
-        shaped = {
-            name: flat.reshape(template.tensors[name].shape)
-            for name, flat in targets.items()
-        }
-        update.add_to(shaped, weight)
+        mapping = compressed_names(update, template)
+        update.add_to({name: targets[m] for name, m in mapping.items()}, weight)
         return
     for name, flat in template.dense_flat(update, copy=False).items():
         S.axpy(targets[name], weight, flat, scratch)
@@ -207,6 +209,12 @@ class AggregationSession:
             for name, spec in self.template.tensors.items()
         }
         self._round = _Round(aggregator, self.template)
+        # The model itself can take scatter-adds when it is in the accumulator
+        # dtype (float32 or float64), as the compiled kernel requires.
+        self._direct = all(
+            spec.dtype == self.template.acc_dtype
+            for spec in self.template.tensors.values()
+        )
         self._optimizer = S.ServerOptimizer(
             aggregator.server_optimizer,
             aggregator.server_lr,
@@ -353,7 +361,8 @@ class AggregationSession:
         # is the same for a fresh update, while for a stale one it adds the
         # client's own progress instead of pulling x back toward its old base.
         coefficient = agg.mixing * s * w
-        if self._optimizer.stateless:
+        if self._optimizer.stateless and self._direct:
+            # Straight into the model: O(kept elements) for a sparse update.
             add_scaled(
                 self._model,
                 update,

@@ -96,7 +96,22 @@ class Template:
 
 
 def template_of(model: Any, what: str = "model") -> Template:
-    """Return the template of a model (a dict of float arrays or one array)."""
+    """Return the template of a model (a dict of float arrays or one array).
+
+    A compressed update serves too: its declared tensors become the template.
+    """
+    if is_compressed(model):
+        declared = model.tensors
+        if len(declared) == 1 and getattr(model, "kind", "") == "array":
+            ((shape, dtype),) = declared.values()
+            return Template({BARE: TensorSpec(tuple(shape), np.dtype(dtype))}, True)
+        return Template(
+            {
+                n: TensorSpec(tuple(sh), np.dtype(dt))
+                for n, (sh, dt) in declared.items()
+            },
+            False,
+        )
     bare = not isinstance(model, Mapping)
     items = {BARE: model} if bare else model
     if not items:
@@ -119,13 +134,31 @@ def template_of(model: Any, what: str = "model") -> Template:
     return Template(tensors, bare)
 
 
+def compressed_names(update: Any, template: Template) -> dict[str, str]:
+    """Map a compressed update's tensor names to the model's.
+
+    The same names, except that an update of one array (``kind`` "array",
+    sent under the compressor's single-tensor name) maps onto a model that is
+    one array.
+    """
+    names = list(update.tensors)
+    if template.bare and len(names) == 1 and getattr(update, "kind", "") == "array":
+        return {names[0]: BARE}
+    return {name: name for name in names}
+
+
 def _compressed_problems(update: Any, template: Template) -> list[tuple[str, str, Any]]:
-    """Check a compressed update's declared tensors without decompressing it."""
+    """Check a compressed update's declared tensors without decompressing it.
+
+    Values and indices need no check here: ``CompressedUpdate`` refuses NaN
+    and Inf when it compresses and checks every value and index (range,
+    order) when it is decoded from the wire, before it exists.
+    """
+    declared = update.tensors
+    mapping = compressed_names(update, template)
     problems: list[tuple[str, str, Any]] = []
-    tensors = update.tensors
-    names = list(tensors)
-    missing = [n for n in template.tensors if n not in tensors]
-    extra = [n for n in names if n not in template.tensors]
+    missing = [n for n in template.tensors if n not in mapping.values()]
+    extra = [n for n, m in mapping.items() if m not in template.tensors]
     if missing or extra:
         problems.append(
             (
@@ -135,56 +168,30 @@ def _compressed_problems(update: Any, template: Template) -> list[tuple[str, str
                 (missing, extra),
             )
         )
-    for name in names:
-        if name not in template.tensors:
+    for name, model_name in mapping.items():
+        if model_name not in template.tensors:
             continue
-        spec = template.tensors[name]
-        problems.extend(_tensor_problems(name, tensors[name], spec))
-    return problems
-
-
-def _tensor_problems(name: str, tensor: Any, spec: TensorSpec) -> list:
-    """Check one entry of ``CompressedUpdate.tensors`` against the model tensor."""
-    problems = []
-    shape = tuple(getattr(tensor, "shape", ()))
-    if shape != spec.shape:
-        problems.append(
-            (
-                "shape",
-                f"tensor {name!r} has shape {shape}; the model has {spec.shape}",
-                shape,
+        spec = template.tensors[model_name]
+        shape, dtype_name = declared[name]
+        label = "the update" if template.bare else f"tensor {name!r}"
+        dtype = np.dtype(dtype_name)
+        if dtype.kind != "f" or dtype.itemsize > spec.dtype.itemsize:
+            problems.append(
+                (
+                    "dtype",
+                    f"{label} has dtype {dtype}; expected a float dtype no wider "
+                    f"than the model's {spec.dtype}",
+                    str(dtype),
+                )
             )
-        )
-        return problems
-    values = getattr(tensor, "values", None)
-    if values is not None:
-        values = np.asarray(values).reshape(-1)
-        if values.dtype.kind == "f":
-            count, first = S.count_nonfinite(values)
-            if count:
-                problems.append(
-                    (
-                        "nonfinite",
-                        f"tensor {name!r} has {count} NaN/Inf values, "
-                        f"the first at value index {first}",
-                        count,
-                    )
+        if tuple(shape) != spec.shape:
+            problems.append(
+                (
+                    "shape",
+                    f"{label} has shape {tuple(shape)}; expected {spec.shape}",
+                    tuple(shape),
                 )
-    indices = getattr(tensor, "indices", None)
-    if indices is not None:
-        indices = np.asarray(indices).reshape(-1)
-        if indices.size:
-            lo, hi = int(indices.min()), int(indices.max())
-            if lo < 0 or hi >= spec.size:
-                problems.append(
-                    (
-                        "index_range",
-                        f"tensor {name!r} has indices in [{lo}, {hi}]; "
-                        f"the model tensor has {spec.size} elements, so indices must "
-                        f"lie in [0, {spec.size - 1}]",
-                        (lo, hi),
-                    )
-                )
+            )
     return problems
 
 

@@ -52,24 +52,23 @@ def scratch_for(dtype: np.dtype) -> np.ndarray:
 def axpy(acc: np.ndarray, weight: float, x: np.ndarray, scratch: np.ndarray) -> None:
     """Add ``weight * x`` into the flat accumulator ``acc`` in place.
 
-    ``x`` is converted to the accumulator's dtype block by block (a float16
-    update is widened before it is scaled, so no precision is lost to the
-    narrow type), and the only temporary is ``scratch``.  Each element is
-    rounded exactly as ``acc += acc.dtype.type(weight) * x.astype(acc.dtype)``
-    would round it, whatever the block size.
+    Each term is formed in float64 and rounded to the accumulator's dtype
+    before it is added, the rule of the compiled scatter-add kernel in
+    ``agent.kernels``: a dense update and the same update compressed without
+    loss then accumulate to identical bits.  The only temporary is
+    ``scratch``, one block in the accumulator's dtype.
     """
-    w = acc.dtype.type(weight)
+    w = np.float64(weight)
     same = x.dtype == acc.dtype
     for start in blocks(acc.size):
         stop = min(start + BLOCK, acc.size)
         tmp = scratch[: stop - start]
-        if w == 1 and same:
+        if w == 1.0 and same:
             tmp = x[start:stop]
-        elif same:
-            np.multiply(x[start:stop], w, out=tmp)
         else:
-            tmp[...] = x[start:stop]
-            np.multiply(tmp, w, out=tmp)
+            # float32 x float64 runs the float64 loop; the cast to ``out``
+            # rounds each product once.
+            np.multiply(x[start:stop], w, out=tmp, casting="same_kind")
         np.add(acc[start:stop], tmp, out=acc[start:stop])
 
 
