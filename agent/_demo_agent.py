@@ -31,7 +31,7 @@ import numpy as np
 
 from agent import _wire as W
 from agent._clock import SimClock
-from agent._demo_orbit import Station, Window, contact_windows
+from agent._demo_orbit import Window, own_windows, station_from_dict
 from agent._keys import load_public, load_secret
 from agent._mlp import MLPTrainer
 from agent._outbox import Outbox
@@ -63,17 +63,18 @@ class EventLog:
 class _Compressor:
     """Top-k/quantised compression with error feedback, when configured."""
 
-    def __init__(self, config: dict[str, Any] | None) -> None:
+    def __init__(self, node_id: str, config: dict[str, Any] | None) -> None:
         self.client = None
         if config:
             from agent._compression import CompressionConfig, FederatedClient
 
-            self.client = FederatedClient(CompressionConfig(**config))
+            self.client = FederatedClient(node_id, CompressionConfig(**config))
 
-    def encode(self, delta: dict[str, np.ndarray]) -> dict[str, Any]:
+    def encode(self, delta: dict[str, np.ndarray], round_index: int) -> dict[str, Any]:
         if self.client is None:
             return {"delta": delta}
-        return {"update": self.client.compress(delta).to_wire()}
+        update = self.client.compress(delta, round_index=round_index)
+        return {"update": update.to_wire()}
 
 
 class DemoAgent:
@@ -84,7 +85,7 @@ class DemoAgent:
         self.end_s = float(config["end_sim_s"])
         self.events = EventLog(config["events"], self.clock)
         self.trainer = MLPTrainer.from_config(config["trainer"])
-        self.compressor = _Compressor(config.get("compression"))
+        self.compressor = _Compressor(self.id, config.get("compression"))
         self.outbox = Outbox(config["outbox"])
         self.model: dict[str, np.ndarray] | None = None
         self.model_version = -1
@@ -98,10 +99,12 @@ class DemoAgent:
                 public, secret, load_public(config["curve"]["server_public"])
             )
         self.transport = DealerTransport(config["endpoint"], self.id, curve=curve)
-        stations = [Station.from_dict(s) for s in config["stations"]]
-        self.windows = contact_windows(
-            [tuple(config["tle"])],
-            stations,
+        name, line1, line2 = config["tle"]
+        self.windows = own_windows(
+            self.id,
+            line1,
+            line2,
+            [station_from_dict(s) for s in config["stations"]],
             self.clock.sim_epoch,
             self.end_s,
         )
@@ -186,7 +189,7 @@ class DemoAgent:
             base_version=self.model_version,
             num_samples=result.num_samples,
             metrics=result.metrics,
-            **self.compressor.encode(result.delta),
+            **self.compressor.encode(result.delta, self.model_version),
         )
         seq, dropped = self.outbox.put(
             self.model_version,

@@ -38,26 +38,45 @@ import numpy as np
 
 from agent import _wire as W
 from agent._clock import SimClock
-from agent._demo_orbit import Station, Window, contact_windows, tle_epoch
+from agent._demo_orbit import (
+    Window,
+    contact_windows,
+    station_to_dict,
+    tle_epoch,
+)
 from agent._geo import Position
 from agent._keys import make_keypair
 from agent._mlp import init_weights
 from agent._outbox import Outbox
+from agent._stations import GroundStation
 from ground._data import DataSplit, prepare_data
 from ground._report import ContactRecord, RunSummary
 
 logger = logging.getLogger(__name__)
 
+
 # name, latitude (deg), longitude (deg), altitude (km), downlink / uplink
 # (Mbit/s), elevation mask (deg).  Coordinates of the real sites (KSAT,
 # SSC, NASA, CNES/ESA); rates are typical of S/X-band LEO ground terminals.
-DEFAULT_STATIONS: tuple[Station, ...] = (
-    Station("Svalbard", Position(78.2297, 15.3975, 0.5), 300.0, 10.0, 10.0),
-    Station("Fairbanks", Position(64.8594, -147.8497, 0.2), 150.0, 5.0, 10.0),
-    Station("Kiruna", Position(67.8833, 21.0667, 0.4), 150.0, 5.0, 10.0),
-    Station("Wallops", Position(37.9402, -75.4664, 0.0), 150.0, 5.0, 10.0),
-    Station("Kourou", Position(5.2515, -52.8047, 0.0), 100.0, 2.0, 10.0),
-    Station("Perth", Position(-31.8023, 115.8856, 0.0), 100.0, 2.0, 10.0),
+def _station(
+    name: str, position: Position, downlink_mbps: float, uplink_mbps: float
+) -> GroundStation:
+    return GroundStation(
+        name,
+        position,
+        uplink_mbps=uplink_mbps,
+        downlink_mbps=downlink_mbps,
+        min_elevation_deg=10.0,
+    )
+
+
+DEFAULT_STATIONS: tuple[GroundStation, ...] = (
+    _station("Svalbard", Position(78.2297, 15.3975, 0.5), 300.0, 10.0),
+    _station("Fairbanks", Position(64.8594, -147.8497, 0.2), 150.0, 5.0),
+    _station("Kiruna", Position(67.8833, 21.0667, 0.4), 150.0, 5.0),
+    _station("Wallops", Position(37.9402, -75.4664, 0.0), 150.0, 5.0),
+    _station("Kourou", Position(5.2515, -52.8047, 0.0), 100.0, 2.0),
+    _station("Perth", Position(-31.8023, 115.8856, 0.0), 100.0, 2.0),
 )
 
 # The default Walker constellation: 550 km, sun-synchronous-like inclination,
@@ -68,7 +87,12 @@ WALKER_INCLINATION_DEG = 97.6
 STRATEGIES = ("fedbuff", "fedasync", "fedavg")
 
 # The main run's update compression (agent._compression); None sends dense.
-DEFAULT_COMPRESSION: dict[str, Any] | None = None
+DEFAULT_COMPRESSION: dict[str, Any] | None = {
+    "method": "topk_quantize",
+    "sparsity": 0.97,
+    "bits": 4,
+    "error_feedback": True,
+}
 
 
 class DemoError(ValueError):
@@ -88,8 +112,8 @@ class DemoOptions:
     speedup: float = 600.0
     seed: int = 0
     alpha: float = 0.5
-    hidden: tuple[int, ...] = (64,)
-    local_steps: int = 20
+    hidden: tuple[int, ...] = (128,)
+    local_steps: int = 40
     lr: float = 0.1
     batch_size: int = 32
     buffer_size: int = 4
@@ -103,59 +127,29 @@ class DemoOptions:
 
 
 def load_tle_file(path: Path) -> list[tuple[str, str, str]]:
-    """Read a CelesTrak two- or three-line file into ``(name, line1, line2)``.
+    """Read a TLE (CelesTrak) or OMM file into ``(name, line1, line2)``.
 
-    Raises ``DemoError`` for an unreadable file, a file with no element set,
-    or a line pair that ``sgp4`` cannot parse (with the line number).
+    Entries the reader rejects are logged and skipped (one bad entry does not
+    sink a file); ``DemoError`` when the file cannot be read or yields nothing.
     """
-    from sgp4.api import Satrec
-
-    from agent._tle import tle_checksum
+    from agent._tle import load_elements
 
     try:
-        text = Path(path).read_text(encoding="ascii", errors="replace")
+        loaded = load_elements(path)
     except OSError as exc:
         raise DemoError(f"cannot read TLE file {path}: {exc.strerror}") from None
-    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
-    result, problems, name = [], [], None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if (
-            line.startswith("1 ")
-            and i + 1 < len(lines)
-            and lines[i + 1].startswith("2 ")
-        ):
-            l1, l2 = line, lines[i + 1]
-            for n, ln in ((i + 1, l1), (i + 2, l2)):
-                if (
-                    len(ln) < 69
-                    or not ln[68].isdigit()
-                    or int(ln[68]) != tle_checksum(ln)
-                ):
-                    problems.append(f"line {n} has a bad length or checksum")
-            try:
-                Satrec.twoline2rv(l1, l2)
-            except ValueError as exc:
-                problems.append(f"lines {i + 1}-{i + 2}: {exc}")
-            label = name or f"sat-{l1[2:7].strip()}"
-            result.append((label, l1, l2))
-            name = None
-            i += 2
-        else:
-            name = line.strip()[:24] or None
-            i += 1
-    if problems:
-        raise DemoError(f"TLE file {path}: " + "; ".join(problems[:3]))
-    if not result:
+    for problem in loaded.problems:
+        logger.warning("TLE file %s: skipped %s", path, problem)
+    if not loaded.entries:
+        first = f"; first problem: {loaded.problems[0]}" if loaded.problems else ""
         raise DemoError(
-            f"TLE file {path} holds no two-line element set (lines starting "
-            "'1 ' and '2 ')"
+            f"TLE file {path} holds no usable element set (two-line sets with "
+            f"lines starting '1 ' and '2 ', or OMM){first}"
         )
-    return result
+    return [(e.name, e.line1, e.line2) for e in loaded.entries]
 
 
-def load_stations_file(path: Path) -> list[Station]:
+def load_stations_file(path: Path) -> list[GroundStation]:
     """Read ``name,lat_deg,lon_deg,alt_km,downlink_mbps,uplink_mbps[,min_el_deg]``.
 
     One station per line; blank lines and lines starting with ``#`` are
@@ -176,12 +170,12 @@ def load_stations_file(path: Path) -> list[Station]:
                 raise ValueError(f"has {len(parts)} fields")
             numbers = [float(p) for p in parts[1:]]
             stations.append(
-                Station(
+                GroundStation(
                     parts[0],
                     Position(*numbers[:3]),
-                    numbers[3],
-                    numbers[4],
-                    numbers[5] if len(numbers) == 6 else 10.0,
+                    uplink_mbps=numbers[4],
+                    downlink_mbps=numbers[3],
+                    min_elevation_deg=numbers[5] if len(numbers) == 6 else 10.0,
                 )
             )
         except ValueError as exc:
@@ -253,7 +247,7 @@ class _Run:
     dir: Path
     sat_ids: list[str]
     tles: list[tuple[str, str, str]]
-    stations: list[Station]
+    stations: list[GroundStation]
     epoch: datetime
     data: DataSplit
     options: DemoOptions
@@ -346,7 +340,7 @@ def _launch(run: _Run, progress: Callable[[float, dict | None], None] | None):
                 "clock": clock.to_dict(),
                 "end_sim_s": end_sim_s,
                 "tle": list(tle),
-                "stations": [s.to_dict() for s in run.stations],
+                "stations": [station_to_dict(s) for s in run.stations],
                 "trainer": {
                     "kind": "mlp",
                     "data": str(shard),
@@ -521,7 +515,9 @@ def _describe_compression(config: dict[str, Any] | None) -> str:
 # -- the whole demo ----------------------------------------------------------
 
 
-def prepare(options: DemoOptions) -> tuple[list, list[Station], datetime, DataSplit]:
+def prepare(
+    options: DemoOptions,
+) -> tuple[list, list[GroundStation], datetime, DataSplit]:
     """Validate inputs and build orbits, stations and data (no processes yet)."""
     check_options(options)
     stations = (
@@ -602,14 +598,14 @@ def run_demo(
 
 
 def settings_of(
-    options: DemoOptions, stations: Sequence[Station], data: DataSplit
+    options: DemoOptions, stations: Sequence[GroundStation], data: DataSplit
 ) -> dict[str, Any]:
     return {
         "agents": options.agents,
         "strategy": options.strategy,
         "compare": options.compare,
         "orbits": str(options.tle) if options.tle else "walker",
-        "stations": [s.to_dict() for s in stations],
+        "stations": [station_to_dict(s) for s in stations],
         "data": data.name,
         "shard_sizes": data.shard_sizes,
         "test_samples": int(len(data.y_test)),

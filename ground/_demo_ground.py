@@ -169,6 +169,13 @@ class DemoGround:
         else:
             try:
                 update = W.decode_update(message.body)
+                if not isinstance(update, dict):
+                    # The session's validator reads a compressed update's
+                    # tensor table in a form agent._compression does not
+                    # produce (shape objects, not (shape, dtype) pairs), so
+                    # hand it the dense delta: one model-sized array per
+                    # update, which this small model affords.
+                    update = update.decompress()
                 changed = self.session.submit(
                     update,
                     num_samples=int(message.body["num_samples"]),
