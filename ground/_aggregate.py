@@ -42,6 +42,7 @@ from ground._aggregate_updates import (
     Template,
     TensorSpec,
     check_update,
+    declared,
     is_compressed,
     template_of,
 )
@@ -302,7 +303,7 @@ def _batch_template(updates: list[Any]) -> Template:
     dtypes = []
     for u in updates:
         if is_compressed(u):
-            dtypes.extend(np.dtype(dt) for _, dt in u.tensors.values())
+            dtypes.extend(dt for _, dt in declared(u).values())
         else:
             items = u.values() if isinstance(u, Mapping) else [u]
             dtypes.extend(np.asarray(a).dtype for a in items)

@@ -101,17 +101,11 @@ def template_of(model: Any, what: str = "model") -> Template:
     A compressed update serves too: its declared tensors become the template.
     """
     if is_compressed(model):
-        declared = model.tensors
-        if len(declared) == 1 and getattr(model, "kind", "") == "array":
-            ((shape, dtype),) = declared.values()
-            return Template({BARE: TensorSpec(tuple(shape), np.dtype(dtype))}, True)
-        return Template(
-            {
-                n: TensorSpec(tuple(sh), np.dtype(dt))
-                for n, (sh, dt) in declared.items()
-            },
-            False,
-        )
+        tensors = declared(model)
+        if len(tensors) == 1 and getattr(model, "kind", "") == "array":
+            ((shape, dtype),) = tensors.values()
+            return Template({BARE: TensorSpec(shape, dtype)}, True)
+        return Template({n: TensorSpec(*sd) for n, sd in tensors.items()}, False)
     bare = not isinstance(model, Mapping)
     items = {BARE: model} if bare else model
     if not items:
@@ -134,6 +128,22 @@ def template_of(model: Any, what: str = "model") -> Template:
     return Template(tensors, bare)
 
 
+def declared(update: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Return name -> (shape, dtype) of a compressed update's tensors.
+
+    ``CompressedUpdate.tensors`` gives ``(shape, dtype name)`` pairs; objects
+    with ``shape`` and ``dtype`` attributes are accepted as well.
+    """
+    out = {}
+    for name, entry in update.tensors.items():
+        if isinstance(entry, tuple):
+            shape, dtype = entry
+        else:
+            shape, dtype = entry.shape, entry.dtype
+        out[name] = (tuple(int(d) for d in shape), np.dtype(dtype))
+    return out
+
+
 def compressed_names(update: Any, template: Template) -> dict[str, str]:
     """Map a compressed update's tensor names to the model's.
 
@@ -154,7 +164,7 @@ def _compressed_problems(update: Any, template: Template) -> list[tuple[str, str
     and Inf when it compresses and checks every value and index (range,
     order) when it is decoded from the wire, before it exists.
     """
-    declared = update.tensors
+    tensors = declared(update)
     mapping = compressed_names(update, template)
     problems: list[tuple[str, str, Any]] = []
     missing = [n for n in template.tensors if n not in mapping.values()]
@@ -172,9 +182,8 @@ def _compressed_problems(update: Any, template: Template) -> list[tuple[str, str
         if model_name not in template.tensors:
             continue
         spec = template.tensors[model_name]
-        shape, dtype_name = declared[name]
+        shape, dtype = tensors[name]
         label = "the update" if template.bare else f"tensor {name!r}"
-        dtype = np.dtype(dtype_name)
         if dtype.kind != "f" or dtype.itemsize > spec.dtype.itemsize:
             problems.append(
                 (
