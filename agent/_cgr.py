@@ -284,6 +284,8 @@ def earliest_arrival(
     t_s: float | datetime,
     bundle_bytes: int,
     destinations: Iterable[str],
+    *,
+    max_hops: int | None = None,
 ) -> CgrRoute | None:
     """Route a bundle created at ``source`` at ``t_s`` to the soonest destination.
 
@@ -295,6 +297,9 @@ def earliest_arrival(
     contact is usable if the bundle, queued after what is already booked on
     it, finishes transmission before the contact ends.  KeyError names a
     source unknown to the plan.
+
+    ``max_hops`` limits the number of contacts: ``max_hops=1`` answers "when
+    does my own next pass deliver it?", to set against the unlimited route.
     """
     if source not in plan._outgoing:
         raise KeyError(f"unknown node {source!r}: it appears in no contact")
@@ -302,9 +307,18 @@ def earliest_arrival(
         raise ValueError(f"bundle_bytes={bundle_bytes!r} must be a positive int")
     if isinstance(t_s, datetime):
         t_s = plan.seconds(t_s)
-    targets = set(destinations)
+    targets = set(destinations) - {source}
     if not targets:
-        raise ValueError("destinations is empty; name at least one node")
+        raise ValueError(
+            f"destinations {sorted(set(destinations))!r} name no node other than "
+            f"the source {source!r}"
+        )
+    if max_hops is not None:
+        if not (isinstance(max_hops, int) and max_hops >= 1):
+            raise ValueError(f"max_hops={max_hops!r} must be an int >= 1 or None")
+        return _earliest_within_hops(
+            plan, source, float(t_s), bundle_bytes, targets, max_hops
+        )
 
     arrival = {source: float(t_s)}
     hops = {source: 0}
@@ -324,12 +338,10 @@ def earliest_arrival(
             c = contacts[cid]
             if c.end_s <= t_u or c.to_node in done:
                 continue
-            # the booked bytes go first, from the contact's start
-            tx_start = max(t_u, c.start_s + booked[cid] / c.rate_bytes_s)
-            tx_end = tx_start + bundle_bytes / c.rate_bytes_s
-            if tx_end > c.end_s:
+            timing = _transmit(c, booked[cid], t_u, bundle_bytes)
+            if timing is None:
                 continue
-            t_v = tx_end + c.owlt_s
+            tx_start, t_v = timing
             v = c.to_node
             best = arrival.get(v, math.inf)
             if t_v < best or (t_v == best and n_hops + 1 < hops[v]):
@@ -338,6 +350,72 @@ def earliest_arrival(
                 via[v] = (u, cid, tx_start)
                 heapq.heappush(heap, (t_v, n_hops + 1, v))
     return None
+
+
+def _transmit(
+    c: Contact, booked_bytes: float, ready_s: float, bundle_bytes: int
+) -> tuple[float, float] | None:
+    """(transmission start, arrival) over contact c, or None if it won't fit."""
+    if c.end_s <= ready_s:
+        return None
+    # the booked bytes go first, from the contact's start
+    tx_start = max(ready_s, c.start_s + booked_bytes / c.rate_bytes_s)
+    tx_end = tx_start + bundle_bytes / c.rate_bytes_s
+    if tx_end > c.end_s:
+        return None
+    return tx_start, tx_end + c.owlt_s
+
+
+def _earliest_within_hops(
+    plan: ContactPlan,
+    source: str,
+    t_s: float,
+    bundle_bytes: int,
+    targets: set[str],
+    max_hops: int,
+) -> CgrRoute | None:
+    # Bellman-Ford in rounds: after round h every node holds its earliest
+    # arrival over at most h contacts.  Only nodes improved in the last round
+    # need relaxing again, since a contact's timing depends only on the
+    # arrival at its sender (FIFO).
+    label = {source: (t_s, 0)}
+    via: dict[tuple[str, int], tuple[str, int, float]] = {}
+    frontier = [source]
+    for h in range(1, max_hops + 1):
+        updates: dict[str, tuple[float, str, int, float]] = {}
+        for u in frontier:
+            if u in targets:
+                continue  # delivered; a ground station does not relay
+            t_u = label[u][0]
+            for cid in plan._outgoing[u]:
+                c = plan.contacts[cid]
+                timing = _transmit(c, plan.booked_bytes[cid], t_u, bundle_bytes)
+                if timing is None:
+                    continue
+                v = c.to_node
+                best = min(
+                    label.get(v, (math.inf, 0))[0], updates.get(v, (math.inf,))[0]
+                )
+                if timing[1] < best:
+                    updates[v] = (timing[1], u, cid, timing[0])
+        if not updates:
+            break
+        for v, (t_v, u, cid, tx_start) in updates.items():
+            label[v] = (t_v, h)
+            via[(v, h)] = (u, cid, tx_start)
+        frontier = sorted(updates)
+
+    reached = [(label[d][0], label[d][1], d) for d in targets if d in label]
+    if not reached:
+        return None
+    arrival_s, hops, destination = min(reached)
+    chain = {}
+    node, h = destination, hops
+    while h > 0:
+        u, cid, tx_start = via[(node, h)]
+        chain[node] = (u, cid, tx_start)
+        node, h = u, h - 1
+    return _route(plan, source, destination, bundle_bytes, chain, arrival_s)
 
 
 def _route(plan, source, destination, bundle_bytes, via, arrival_s) -> CgrRoute:

@@ -32,6 +32,7 @@ def test_waiting_for_a_later_direct_contact_beats_an_earlier_slower_relay():
     )
     route = earliest_arrival(plan, "sat", 0.0, 50_000, ["gs"])
     assert route.hops == ("sat", "gs") and route.is_direct
+    assert earliest_arrival(plan, "sat", 0.0, 50_000, ["gs"], max_hops=1) == route
     assert route.departure_s == 100.0
     assert route.arrival_s == pytest.approx(100.05)
     # with a faster relay link, relaying now wins
@@ -91,11 +92,15 @@ def test_unroutable_and_bad_requests():
         earliest_arrival(plan, "x", 0.0, 1, ["gs"])
     with pytest.raises(ValueError, match="bundle_bytes=0"):
         earliest_arrival(plan, "s", 0.0, 0, ["gs"])
+    with pytest.raises(ValueError, match="no node other than the source 's'"):
+        earliest_arrival(plan, "s", 0.0, 1, ["s"])
+    with pytest.raises(ValueError, match="max_hops=0"):
+        earliest_arrival(plan, "s", 0.0, 1, ["gs"], max_hops=0)
     with pytest.raises(ValueError, match="end_s=5.0 must be after start_s=5.0"):
         Contact(5, 5, "a", "b", 1)
 
 
-def brute_force(plan, source, t, size, targets):
+def brute_force(plan, source, t, size, targets, max_hops=99):
     """Earliest arrival by trying every simple sequence of contacts."""
     best = math.inf
 
@@ -103,6 +108,8 @@ def brute_force(plan, source, t, size, targets):
         nonlocal best
         if node in targets:
             best = min(best, t_node)
+            return
+        if len(visited) > max_hops:
             return
         for cid, c in enumerate(plan.contacts):
             if c.from_node != node or c.to_node in visited:
@@ -138,15 +145,23 @@ def test_earliest_arrival_matches_brute_force_on_random_plans(seed):
     if "s" not in plan.nodes():
         plan.add(Contact(0, 1, "s", "a", 1))
     size = int(rng.choice([10, 100, 500]))
-    route = earliest_arrival(plan, "s", 5.0, size, {"gs1", "gs2"})
-    want = brute_force(plan, "s", 5.0, size, {"gs1", "gs2"})
-    if want == math.inf:
-        assert route is None
-    else:
+    for max_hops in (None, 1, 2, 3):
+        route = earliest_arrival(
+            plan, "s", 5.0, size, {"gs1", "gs2"}, max_hops=max_hops
+        )
+        want = brute_force(plan, "s", 5.0, size, {"gs1", "gs2"}, max_hops or 99)
+        if want == math.inf:
+            assert route is None
+            continue
         assert route.arrival_s == want
+        assert route.hops[0] == "s" and route.destination in ("gs1", "gs2")
+        assert len(route.contacts) <= (max_hops or 99)
         # the route's own timeline is consistent with its contacts
         t = 5.0
-        for c, dep in zip(route.contacts, route.departures_s, strict=True):
+        for k, (c, dep) in enumerate(
+            zip(route.contacts, route.departures_s, strict=True)
+        ):
+            assert (c.from_node, c.to_node) == route.hops[k : k + 2]
             assert dep >= max(t, c.start_s)
             t = dep + size / c.rate_bytes_s
             assert t <= c.end_s
@@ -276,3 +291,21 @@ def test_earliest_arrival_is_monotone_in_creation_time(t_s):
     ]
     assert all(a <= b for a, b in itertools.pairwise(arrivals))
     assert arrivals[0] == pytest.approx(t_s + 10.0)
+
+
+def test_hold_for_own_pass_or_relay_to_a_neighbour_that_sees_the_ground_sooner():
+    plan = ContactPlan(
+        [
+            Contact(5000, 5400, "sat-a", "gs", 1e6, owlt_s=0.005),  # own pass
+            Contact(0, 86400, "sat-a", "sat-b", 1e6, owlt_s=0.003),  # ISL
+            Contact(1000, 1400, "sat-b", "gs", 1e6, owlt_s=0.005),  # b's pass
+        ]
+    )
+    hold = earliest_arrival(plan, "sat-a", 0.0, 20_000_000, ["gs"], max_hops=1)
+    relay = earliest_arrival(plan, "sat-a", 0.0, 20_000_000, ["gs"])
+    assert hold.is_direct and hold.arrival_s == pytest.approx(5020.005)
+    assert relay.first_hop == "sat-b" and relay.departure_s == 0.0
+    assert relay.arrival_s == pytest.approx(1020.005)
+    # once b's pass is booked full, holding is best again
+    plan.booked_bytes[2] = plan.contacts[2].volume_bytes - 1_000_000
+    assert earliest_arrival(plan, "sat-a", 0.0, 20_000_000, ["gs"]).is_direct
