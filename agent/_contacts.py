@@ -509,6 +509,12 @@ class _Finder:
         w_pair = ev_pair[opens]
         w_start = ev_t[opens]
         w_end = ev_t[opens + 1]
+        if w_pair.size == 0:
+            empty = np.empty(0)
+            return dict(
+                pair=w_pair, start=empty, end=empty, tca=empty, tca_z=empty,
+                peaks=np.empty(0, dtype=np.int64),
+            )  # fmt: skip
 
         # TCA candidates: refined culminations, samples in view, crossing points
         is_zmax = ext["kind"] == _ZMAX

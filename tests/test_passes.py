@@ -490,3 +490,106 @@ def test_agent_import_stays_light():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def _random_tle(draw_params):
+    from agent._tle import format_tle
+
+    alt_km, e, inc, raan, argp, m = draw_params
+    a_km = (6378.135 + alt_km) / (1.0 - e)  # perigee at alt_km
+    n_rev_day = 86400.0 / (2 * np.pi * np.sqrt(a_km**3 / 398600.8))
+    return format_tle(
+        catalog_number=99001,
+        epoch=datetime(2024, 5, 1, tzinfo=UTC),
+        inclination_deg=inc,
+        raan_deg=raan,
+        eccentricity=e,
+        arg_perigee_deg=argp,
+        mean_anomaly_deg=m,
+        mean_motion_rev_day=n_rev_day,
+    )
+
+
+def _scan_check(line1, line2, station, start, hours, step_s=10.0):
+    """Brute-force skyfield elevation scan: every run of visible samples spanning
+    at least 30 s lies inside one window, and every window of 30 s or more
+    contains a visible sample."""
+    from agent._tle import parse_tle_lines
+
+    sat = parse_tle_lines(line1, line2)
+    result = find_windows([("x", sat)], [station], start, hours)
+    n = int(hours * 3600 / step_s) + 1
+    times = [start + timedelta(seconds=i * step_s) for i in range(n)]
+    sky = skyfield_api.EarthSatellite(line1, line2, "x", TS)
+    el = _sky_elevation_deg(sky, _topos(station), times)
+    visible = el > station.min_elevation_deg + FRAME_TOLERANCE_DEG
+    offsets = np.arange(n) * step_s
+    spans = [
+        ((w.start_time - start).total_seconds(), (w.end_time - start).total_seconds())
+        for w in result.windows
+    ]
+    i = 0
+    while i < n:
+        if not visible[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and visible[j + 1]:
+            j += 1
+        if offsets[j] - offsets[i] >= 30.0 - step_s:
+            assert any(a - 1 <= offsets[i] and offsets[j] <= b + 1 for a, b in spans), (
+                offsets[i],
+                offsets[j],
+                spans,
+            )
+        i = j + 1
+    for a, b in spans:
+        if b - a >= 30.0:
+            inside = visible[(offsets >= a) & (offsets <= b)]
+            below = el[(offsets >= a) & (offsets <= b)] > station.min_elevation_deg - (
+                FRAME_TOLERANCE_DEG
+            )
+            assert inside.any() or below.any(), (a, b)
+    return result
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+@hypothesis.given(
+    params=st.tuples(
+        st.floats(300.0, 2000.0),  # perigee altitude, km
+        st.sampled_from([0.0, 0.001, 0.05, 0.3, 0.7]),  # eccentricity
+        st.floats(0.0, 180.0),
+        st.floats(0.0, 360.0),
+        st.floats(0.0, 360.0),
+        st.floats(0.0, 360.0),
+    ),
+    lat=st.floats(-89.0, 89.0),
+    lon=st.floats(-180.0, 180.0),
+    min_el=st.sampled_from([0.0, 5.0, 20.0]),
+)
+def test_random_orbits_miss_no_pass_of_30_s(params, lat, lon, min_el):
+    line1, line2 = _random_tle(params)
+    station = GroundStation(
+        "rand", Position(lat, lon, 0.0), 10.0, 20.0, min_elevation_deg=min_el
+    )
+    _scan_check(line1, line2, station, datetime(2024, 5, 1, 6, tzinfo=UTC), 12.0)
+
+
+def test_culminations_just_below_the_mask_give_no_window(sets):
+    """Regression: refined culminations with no window at all used to crash."""
+    iss, w, full = _pass_of(sets)
+    top_deg = max(x.max_elevation_deg for x in full.windows)
+    high = GroundStation(
+        "high", w.station.position, 10, 20, min_elevation_deg=top_deg + 0.01
+    )
+    result = find_windows(
+        [(iss.name, iss.satrec)],
+        [high],
+        full.windows[0].start_time - timedelta(hours=1),
+        23.0,
+    )
+    assert result.windows == [] and result.failed == []
