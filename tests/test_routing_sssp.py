@@ -12,6 +12,9 @@ from agent.kernels import _sssp_twin
 from agent.kernels._select import load_compiled
 
 compiled = load_compiled("_sssp")
+needs_compiled = pytest.mark.skipif(
+    compiled is None, reason="compiled kernel not built or ORBITFL_KERNELS=numpy"
+)
 BACKENDS = [pytest.param(_sssp_twin, id="twin")]
 if compiled is not None:
     BACKENDS.append(pytest.param(compiled, id="compiled"))
@@ -35,7 +38,7 @@ def random_csr(rng, n, m, *, integer_weights=True, down_fraction=0.1):
     return indptr, dst.astype(np.int32), w, aux
 
 
-@pytest.mark.skipif(compiled is None, reason="compiled kernel not built or ORBITFL_KERNELS=numpy")
+@needs_compiled
 @settings(max_examples=200, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -56,7 +59,7 @@ def test_compiled_sssp_equals_twin_bit_for_bit(seed, n, density, integer):
         assert np.array_equal(a, b), name
 
 
-@pytest.mark.skipif(compiled is None, reason="compiled kernel not built or ORBITFL_KERNELS=numpy")
+@needs_compiled
 def test_compiled_sssp_many_equals_twin():
     rng = np.random.default_rng(7)
     indptr, indices, w, _aux = random_csr(rng, 60, 300)
