@@ -358,8 +358,15 @@ def read_tle_text(text: str) -> TLELoad:
     return result
 
 
+_LINE_START = {
+    "1": re.compile(r"^1 [0-9A-Z ]{5}[A-Z ] "),
+    "2": re.compile(r"^2 [0-9A-Z ]{5} "),
+}
+
+
 def _looks_like(line: str, number: str) -> bool:
-    return line.startswith(number + " ") and len(line) >= 60
+    """Whether a line is meant as TLE line 1 or 2 (even if truncated or bad)."""
+    return bool(_LINE_START[number].match(line))
 
 
 def read_omm_text(text: str, fmt: str) -> TLELoad:

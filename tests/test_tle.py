@@ -103,6 +103,15 @@ def test_wrong_length_shows_the_expected_layout(iss):
     assert "expected: '1 NNNNNC NNNNNAAA" in problems[0]
 
 
+def test_truncated_line_in_a_file_is_reported_by_its_length(iss):
+    name, l1, l2 = iss
+    load = read_tle_text(f"{name}\n{l1[:50]}\n{l2}\nOTHER\n{l1}\n{l2}\n")
+    assert [e.name for e in load.entries] == ["OTHER"]
+    (problem,) = load.problems
+    assert problem.name == name and problem.line_number == 1
+    assert "TLE line 1 has 50 characters, expected 69" in problem.message
+
+
 def test_unparsable_field_is_named_with_its_columns(iss):
     _, l1, l2 = iss
     broken = _fix_checksum(l2[:8] + " 51.6X13" + l2[16:])
