@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "find_windows": "agent._contacts",
     "load_elements": "agent._tle",
     "TLEError": "agent._tle",
+    "SatelliteStatus": "agent._contacts",
     # gradient compression (issue 2)
     "CompressionConfig": "agent._compression",
     "CompressionType": "agent._compression",
