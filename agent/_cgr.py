@@ -177,7 +177,11 @@ class ContactPlan:
         contact's start is rounded up, its end down, its rate down and its
         OWLT up, so the written plan promises no more than this one.  Node
         names that are not positive integers get numbers, listed in
-        ``# node N NAME`` comments that ``from_ion`` reads back.
+        ``# node N NAME`` comments that ``from_ion`` reads back.  The epoch is
+        written as ION's reference-time command ``@ yyyy/mm/dd-hh:mm:ss``
+        (plus an ``# epoch`` comment when it has a fraction of a second).
+        Every contact gets a range in its own direction, so ION's implied
+        reverse ranges never apply.
         """
         names = self.nodes()
         if all(n.isdigit() and int(n) > 0 for n in names):
@@ -187,7 +191,11 @@ class ContactPlan:
             number = {n: str(i + 1) for i, n in enumerate(names)}
             lines = [f"# node {number[n]} {n}" for n in names]
         if self.epoch is not None:
-            lines.insert(0, f"# epoch {self.epoch.isoformat()}")
+            epoch = self.epoch.astimezone(UTC)
+            if epoch.microsecond:
+                lines.insert(0, f"# epoch {epoch.isoformat()}")
+            else:
+                lines.insert(0, f"@ {epoch:%Y/%m/%d-%H:%M:%S}")
 
         def fmt(value: float, rounding) -> str:
             if strict:
@@ -212,19 +220,27 @@ class ContactPlan:
 
     @classmethod
     def from_ion(cls, text: str, epoch: datetime | None = None) -> ContactPlan:
-        """Read ``a contact`` and ``a range`` commands; other commands are skipped.
+        """Read ``a contact`` and ``a range`` commands as ionrc(5) defines them.
 
-        Times are ``+SECONDS`` after the epoch or absolute
-        ``yyyy/mm/dd-hh:mm:ss`` (UTC; needs an epoch, from the argument or an
-        ``# epoch ISO-TIME`` comment).  A contact takes the OWLT of a range
-        between its two nodes (either direction, as ION assumes ranges
-        symmetric) that covers it; a contact no range covers gets OWLT 0.
-        Every malformed line is reported, with its number, in one ValueError.
+        Times are ``+SECONDS`` after the reference time or absolute
+        ``yyyy/mm/dd-hh:mm:ss`` (UTC).  The reference time is set by ION's
+        ``@ TIME`` command; the plan's epoch is ``epoch``, else the first
+        ``@`` time (or an ``# epoch ISO-TIME`` comment).  A contact's optional
+        confidence field is accepted and not used; registration contacts
+        (start -1) and hypothetical ones (stop 0) are not scheduled
+        transmissions and are skipped, as are commands other than these.
+
+        A contact from A to B takes the OWLT of a range A B that covers it,
+        else of a range B A with B numerically below A (ION reads such a
+        range as declaring both directions); with no covering range its OWLT
+        is 0.  Every malformed line is reported, with its number, in one
+        ValueError.
         """
         names: dict[str, str] = {}
         raw_contacts = []
         raw_ranges = []
         problems = []
+        offset_s = 0.0  # reference time minus the plan epoch
         for lineno, raw in enumerate(text.splitlines(), start=1):
             line = raw.strip()
             if not line:
@@ -241,26 +257,44 @@ class ContactPlan:
                         problems.append(f"line {lineno}: bad epoch {m.group(1)!r}")
                 continue
             fields = line.split()
+            if fields[0] == "@" and len(fields) == 2:
+                try:
+                    reference = _ion_absolute(fields[1])
+                except ValueError as exc:
+                    problems.append(f"line {lineno}: {exc}")
+                    continue
+                epoch = epoch or reference
+                offset_s = (reference - epoch).total_seconds()
+                continue
             if fields[:2] not in (["a", "contact"], ["a", "range"]):
                 continue
-            if len(fields) != 7:
+            kind = fields[1]
+            if not (len(fields) == 7 or (kind == "contact" and len(fields) == 8)):
                 problems.append(
                     f"line {lineno}: {line!r} has {len(fields)} fields; expected "
-                    f"'a {fields[1]} +START +END FROM TO "
-                    f"{'RATE' if fields[1] == 'contact' else 'OWLT'}'"
+                    + (
+                        "'a contact START STOP FROM TO RATE [CONFIDENCE]'"
+                        if kind == "contact"
+                        else "'a range START STOP FROM TO OWLT'"
+                    )
                 )
                 continue
+            if kind == "contact" and (fields[2] == "-1" or fields[3] == "0"):
+                continue  # registration or hypothetical contact
             try:
-                start = _ion_time(fields[2], epoch)
-                end = _ion_time(fields[3], epoch)
-                value = _ion_number(
-                    fields[6], "RATE" if fields[1] == "contact" else "OWLT"
-                )
+                start = _ion_time(fields[2], epoch, offset_s)
+                end = _ion_time(fields[3], epoch, offset_s)
+                value = _ion_number(fields[6], "RATE" if kind == "contact" else "OWLT")
+                if (
+                    len(fields) == 8
+                    and not 0.0 < _ion_number(fields[7], "CONFIDENCE") <= 1.0
+                ):
+                    raise ValueError(f"CONFIDENCE {fields[7]!r} is not in (0, 1]")
             except ValueError as exc:
                 problems.append(f"line {lineno}: {line!r}: {exc}")
                 continue
             entry = (start, end, fields[4], fields[5], value, lineno)
-            (raw_contacts if fields[1] == "contact" else raw_ranges).append(entry)
+            (raw_contacts if kind == "contact" else raw_ranges).append(entry)
         if problems:
             raise ValueError("invalid ION contact plan: " + "; ".join(problems))
 
@@ -522,22 +556,27 @@ def contacts_from_windows(
     return contacts
 
 
-def _ion_time(token: str, epoch: datetime | None) -> float:
+def _ion_absolute(token: str) -> datetime:
+    try:
+        return datetime.strptime(token, "%Y/%m/%d-%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"time {token!r} is not yyyy/mm/dd-hh:mm:ss") from None
+
+
+def _ion_time(token: str, epoch: datetime | None, offset_s: float = 0.0) -> float:
+    """Seconds after the plan epoch of an ION time (+SECONDS or absolute)."""
     if token.startswith("+"):
         try:
-            return float(token[1:])
+            return offset_s + float(token[1:])
         except ValueError:
             raise ValueError(f"time {token!r} is not +SECONDS") from None
-    try:
-        when = datetime.strptime(token, "%Y/%m/%d-%H:%M:%S").replace(tzinfo=UTC)
-    except ValueError:
-        raise ValueError(
-            f"time {token!r} is neither +SECONDS nor yyyy/mm/dd-hh:mm:ss"
-        ) from None
+    if not re.fullmatch(r"\d{4}/\d\d/\d\d-\d\d:\d\d:\d\d", token):
+        raise ValueError(f"time {token!r} is neither +SECONDS nor yyyy/mm/dd-hh:mm:ss")
+    when = _ion_absolute(token)
     if epoch is None:
         raise ValueError(
-            f"absolute time {token!r} needs an epoch; pass epoch= or add "
-            "'# epoch ISO-TIME' to the plan"
+            f"absolute time {token!r} needs an epoch; pass epoch= or put an "
+            "'@ yyyy/mm/dd-hh:mm:ss' reference time before it"
         )
     return (when - epoch) / timedelta(seconds=1)
 
@@ -550,11 +589,14 @@ def _ion_number(token: str, label: str) -> float:
 
 
 def _covering_range(ranges, start, end, a, b) -> float:
-    best = None
+    """OWLT for a contact a->b over [start, end] from ION's directional ranges."""
+    reverse_ok = a.isdigit() and b.isdigit() and int(b) < int(a)
+    implied = None
     for r_start, r_end, r_a, r_b, owlt, _lineno in ranges:
-        if {r_a, r_b} != {a, b} or r_start > start or r_end < end:
+        if r_start > start or r_end < end:
             continue
-        exact = (r_a, r_b) == (a, b)
-        if best is None or (exact and not best[0]):
-            best = (exact, owlt)
-    return best[1] if best is not None else 0.0
+        if (r_a, r_b) == (a, b):
+            return owlt
+        if reverse_ok and (r_a, r_b) == (b, a) and implied is None:
+            implied = owlt
+    return implied if implied is not None else 0.0

@@ -170,30 +170,46 @@ def test_earliest_arrival_matches_brute_force_on_random_plans(seed):
 
 
 ION_PLAN = """\
-# a two-satellite plan
+# a two-satellite plan, in ionrc(5) syntax
+@ 2026/03/01-12:00:00
 a contact +0 +600 1 2 125000
-a contact +0 +600 2 1 125000
+a contact +0 +600 2 1 125000 0.9
 a contact +1200 +1500 2 3 1000000
+a contact +1200 +1500 3 2 1000000
+a contact -1 -1 4 4 0
+a contact +0 0 1 4 0
 a range +0 +600 1 2 1
 a range +1000 +2000 3 2 2
 m production 1000000
 """
 
 
-def test_ion_plan_is_read_with_ranges_in_either_direction():
+def test_ion_plan_is_read_with_ions_directional_ranges():
     plan = ContactPlan.from_ion(ION_PLAN)
+    assert plan.epoch == EPOCH
+    # registration (start -1) and hypothetical (stop 0) contacts are skipped
     assert [(c.from_node, c.to_node) for c in plan.contacts] == [
         ("1", "2"),
         ("2", "1"),
         ("2", "3"),
+        ("3", "2"),
     ]
-    assert [c.owlt_s for c in plan.contacts] == [1.0, 1.0, 2.0]
+    # "1 2" also declares 2 -> 1; "3 2" declares nothing about 2 -> 3
+    assert [c.owlt_s for c in plan.contacts] == [1.0, 1.0, 0.0, 2.0]
     assert plan.contacts[2].rate_bytes_s == 1e6
     route = earliest_arrival(plan, "1", 0.0, 125_000, ["3"])
     assert route.hops == ("1", "2", "3")
-    assert route.arrival_s == 1200.125 + 2.0
-    again = ContactPlan.from_ion(plan.to_ion())
-    assert again.contacts == plan.contacts
+    assert route.arrival_s == 1200.125
+    text = plan.to_ion()
+    assert text.startswith("@ 2026/03/01-12:00:00\n")
+    again = ContactPlan.from_ion(text)
+    assert again.contacts == plan.contacts and again.epoch == EPOCH
+
+
+def test_ion_reference_time_shifts_relative_times():
+    text = "@ 2026/03/01-12:10:00\na contact +0 +60 1 2 10\n"
+    plan = ContactPlan.from_ion(text, epoch=EPOCH)
+    assert (plan.contacts[0].start_s, plan.contacts[0].end_s) == (600.0, 660.0)
 
 
 def test_ion_export_maps_names_to_numbers_and_rounds_conservatively():
@@ -221,8 +237,12 @@ def test_ion_absolute_times_and_malformed_lines():
     message = str(info.value)
     assert "line 1" in message and "has 6 fields" in message
     assert "line 2" in message and "'+x'" in message
+    with pytest.raises(ValueError, match=r"CONFIDENCE '1.5' is not in \(0, 1\]"):
+        ContactPlan.from_ion("a contact +0 +10 1 2 5 1.5\n")
     with pytest.raises(ValueError, match="needs an epoch"):
         ContactPlan.from_ion(text)
+    with pytest.raises(ValueError, match="neither"):
+        ContactPlan.from_ion("a contact 12:00 +5 1 2 100\n", epoch=EPOCH)
     with pytest.raises(ValueError, match="line 1: invalid contact"):
         ContactPlan.from_ion("a contact +10 +5 1 2 100\n")
 
