@@ -37,6 +37,7 @@ from agent._geo import SPEED_OF_LIGHT_KM_S, WGS84_A_KM, WGS84_E2, Position
 from agent._mesh import MeshNode, SpaceMesh
 from agent._orbit import datetime_to_jd, teme_to_ecef_km
 from agent._routing import LinkGraph
+from agent._tle import validate_tle
 
 TOPOLOGIES = ("grid", "nearest")
 PATTERNS = ("delta", "star")
@@ -220,6 +221,15 @@ class IslNetwork:
         self.names = tuple(name for name, _l1, _l2 in tles)
         if len(set(self.names)) != len(self.names):
             raise ValueError("satellite names must be unique")
+        problems = [
+            f"{name}: {problem}"
+            for name, l1, l2 in tles
+            for problem in validate_tle(l1, l2)
+        ]
+        if problems:
+            raise ValueError(
+                f"{len(problems)} problem(s) in the TLEs: " + "; ".join(problems)
+            )
         self._satrecs = SatrecArray(
             [Satrec.twoline2rv(l1, l2) for _name, l1, l2 in tles]
         )

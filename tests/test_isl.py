@@ -307,3 +307,14 @@ def test_ground_links_of_real_starlink_tles_agree_with_skyfield(tle_dir):
         assert (i in linked) == (alt.degrees > 25.0), (i, alt.degrees)
         checked += 1
     assert checked > 500 and linked
+
+
+def test_malformed_tles_are_all_reported_by_satellite_name():
+    good = walker_tles(1, 2, 0, 550.0, 53.0, EPOCH)
+    broken = [("bad-1", good[0][1][:-1] + "0", good[0][2]), ("bad-2", "1 x", "2 y")]
+    with pytest.raises(ValueError) as info:
+        IslNetwork(good + broken, IslConfig(topology="nearest"))
+    message = str(info.value)
+    assert "bad-1: TLE line 1 checksum is '0' but the line sums to 9" in message
+    assert "bad-2: TLE line 1 has 3 characters" in message
+    assert "sat-00-00" not in message
