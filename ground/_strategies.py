@@ -49,43 +49,72 @@ def scratch_for(dtype: np.dtype) -> np.ndarray:
     return np.empty(BLOCK, dtype=dtype)
 
 
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _kernels():
+    """The active compression kernel backend of ``agent`` (compiled or twin)."""
+    from agent import kernels
+
+    return kernels.backend()
+
+
 def axpy(acc: np.ndarray, weight: float, x: np.ndarray, scratch: np.ndarray) -> None:
     """Add ``weight * x`` into the flat accumulator ``acc`` in place.
 
-    Each term is formed in float64 and rounded to the accumulator's dtype
-    before it is added, the rule of the compiled scatter-add kernel in
-    ``agent.kernels``: a dense update and the same update compressed without
-    loss then accumulate to identical bits.  The only temporary is
-    ``scratch``, one block in the accumulator's dtype.
+    This is the dense form of ``agent.kernels.scatter_add`` and runs on it:
+    each term is formed in float64 and rounded to the accumulator's dtype
+    before it is added, so a dense update and the same update compressed
+    without loss accumulate to identical bits.  A float16 ``x`` is widened
+    one block at a time into ``scratch`` (exactly), so no model-sized
+    temporary is made.  An accumulator the kernel does not take (float16)
+    gets the same arithmetic from NumPy, block by block.
     """
-    w = np.float64(weight)
-    same = x.dtype == acc.dtype
+    w = float(weight)
+    if acc.dtype in _KERNEL_DTYPES and acc.flags.c_contiguous:
+        # Block by block: the NumPy twin of the kernel makes float64
+        # temporaries of its input's size, which must stay one block.
+        kernels = _kernels()
+        x = np.ascontiguousarray(x)
+        same = x.dtype in _KERNEL_DTYPES
+        for start in blocks(acc.size):
+            stop = min(start + BLOCK, acc.size)
+            if same:
+                part = x[start:stop]
+            else:
+                part = scratch[: stop - start]
+                part[...] = x[start:stop]
+            kernels.scatter_add(acc[start:stop], None, part, w)
+        return
+    w64 = np.float64(w)
     for start in blocks(acc.size):
         stop = min(start + BLOCK, acc.size)
-        tmp = scratch[: stop - start]
-        if w == 1.0 and same:
-            tmp = x[start:stop]
-        else:
-            # float32 x float64 runs the float64 loop; the cast to ``out``
-            # rounds each product once.
-            np.multiply(x[start:stop], w, out=tmp, casting="same_kind")
+        tmp = (w64 * x[start:stop].astype(np.float64)).astype(acc.dtype)
         np.add(acc[start:stop], tmp, out=acc[start:stop])
 
 
 def count_nonfinite(x: np.ndarray) -> tuple[int, int]:
     """Return (number of NaN/Inf values, index of the first) of a flat array.
 
-    The index is -1 when there are none.  Works block by block so the boolean
-    mask never exceeds one block.
+    The index is -1 when there are none.  float32 and float64 go to the
+    kernel of ``agent.kernels``, other float dtypes to ``np.isfinite``; both
+    one block at a time, so no temporary exceeds one block.
     """
+    kernels = _kernels() if x.dtype in _KERNEL_DTYPES else None
+    x = np.ascontiguousarray(x)
     count = 0
     first = -1
     for start in blocks(x.size):
-        bad = ~np.isfinite(x[start : start + BLOCK])
-        n_bad = int(np.count_nonzero(bad))
+        part = x[start : start + BLOCK]
+        if kernels is not None:
+            n_bad, at = kernels.count_nonfinite(part)
+        else:
+            bad = ~np.isfinite(part)
+            n_bad = int(np.count_nonzero(bad))
+            at = int(np.argmax(bad)) if n_bad else -1
         if n_bad:
             if first < 0:
-                first = start + int(np.argmax(bad))
+                first = start + at
             count += n_bad
     return count, first
 
