@@ -41,6 +41,7 @@ class GroundConfig:
     min_participants: int = 1
     expected_agents: list[str] = field(default_factory=list)
     deadline_s: float = 600.0
+    push_model: bool = True
     strategy: str = "fedavg"
     aggregation_options: dict[str, Any] = field(default_factory=dict)
     model_npz: Path | None = None
@@ -108,6 +109,7 @@ def parse_ground_config(
     min_participants = t.int("min_participants", 1, min=1)
     expected_agents = t.str_list("expected_agents", [])
     deadline_s = t.float("deadline_s", 600.0, min=0.001)
+    push_model = t.bool("push_model", True)
     t.finish()
 
     t = table("aggregation")
@@ -156,6 +158,7 @@ def parse_ground_config(
         min_participants=min_participants,
         expected_agents=expected_agents,
         deadline_s=deadline_s,
+        push_model=push_model,
         strategy=strategy,
         aggregation_options=options,
         model_npz=model_npz,

@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zmq
@@ -56,6 +55,10 @@ from ground._metrics import DaemonMetrics
 log = logging.getLogger(__name__)
 
 _BATCH = 256
+# A batch also stops at this many received bytes: the bodies of a batch are
+# held until its journal fsync, so this bounds that memory whatever the
+# number of agents, at the price of one more fsync per 2 MiB.
+_BATCH_BYTES = 2 * 1024 * 1024
 _POLL_CAP_S = 0.2  # longest poll, so stop() and deadlines are seen promptly
 # libzmq's own cap sits a little above the application's, so that a message
 # just over the cap reaches the decoder and is refused with a counted reason
@@ -120,49 +123,6 @@ class _Authenticator(ThreadAuthenticator):
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         return self.allowlist.name_of(z85.encode(client_public_key))
-
-
-class _TensorView:
-    __slots__ = ("shape", "dtype", "values", "indices")
-
-    def __init__(self, payload: Any) -> None:
-        self.shape = tuple(payload.shape)
-        self.dtype = payload.dtype
-        self.values = payload.values
-        self.indices = payload.idx
-
-
-class _CompressedView:
-    """A compressed update with ``tensors`` as per-tensor objects.
-
-    ``agent``'s ``CompressedUpdate.tensors`` maps a name to ``(shape, dtype)``
-    while ``ground._aggregate_updates`` validates objects with ``shape``,
-    ``values`` and ``indices``.  Until the two agree this private adapter
-    presents the payloads in the second form; everything else is delegated.
-    """
-
-    def __init__(self, update: Any) -> None:
-        self._update = update
-
-    @property
-    def tensors(self) -> dict[str, _TensorView]:
-        return {p.name: _TensorView(p) for p in self._update._tensors}
-
-    def add_to(self, accumulators: dict[str, np.ndarray], weight: float) -> None:
-        self._update.add_to(accumulators, weight)
-
-    def decompress(self) -> Any:
-        return self._update.decompress()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._update, name)
-
-
-def _for_aggregator(update: Any) -> Any:
-    if isinstance(update, dict) or not hasattr(update, "_tensors"):
-        return update
-    first = next(iter(update.tensors.values()), None)
-    return _CompressedView(update) if isinstance(first, tuple) else update
 
 
 def initial_model(config: GroundConfig) -> dict[str, np.ndarray]:
@@ -287,7 +247,7 @@ class GroundDaemon:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self._checkpoint_path = cfg.state_dir / "checkpoint.msgpack"
-        self._journal = Journal(cfg.state_dir / "journal.sqlite")
+        self._journal = Journal(cfg.state_dir)
         self._restore()
 
         self._ctx = zmq.Context()
@@ -373,7 +333,7 @@ class GroundDaemon:
                 body = wire.decode_body(
                     wire.MessageType.UPDATE, row.body, self.config.limits
                 )
-                update = _for_aggregator(wire.decode_update(body, self.config.limits))
+                update = wire.decode_update(body, self.config.limits)
                 self.session.submit(
                     update,
                     num_samples=row.num_samples,
@@ -419,11 +379,15 @@ class GroundDaemon:
             if sock.poll(int(min(wait_s, _POLL_CAP_S) * 1000) + 1, zmq.POLLIN):
                 replies: list[tuple[bytes, bytes]] = []
                 rows: list[tuple[JournalRow, int]] = []
+                batch_bytes = 0
                 for _ in range(_BATCH):
+                    if batch_bytes >= _BATCH_BYTES:
+                        break
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    batch_bytes += sum(len(f) for f in frames)
                     try:
                         self._handle(frames, replies, rows)
                     except Exception:
@@ -569,8 +533,14 @@ class GroundDaemon:
         replies.append((identity, self._model_message()))
 
     def _model_message(self) -> bytes:
+        """The encoded MODEL of the open round, built once and sent to everyone.
+
+        One cached frame (the model's size) serves every HELLO and push of a
+        (round, version); all copies share its seq and send time.
+        """
         key = (self._round, self.session.version)
         if self._model_cache is None or self._model_cache[0] != key:
+            self._model_cache = None  # free the old one before building anew
             body = wire.encode_body(
                 wire.MessageType.MODEL,
                 {
@@ -579,15 +549,17 @@ class GroundDaemon:
                     "weights": self.session.model,
                 },
             )
-            self._model_cache = (key, body)
-        return wire.encode_envelope(
-            wire.MessageType.MODEL,
-            self.config.id,
-            self._round,
-            self._next_seq(),
-            self._now_s(),
-            self._model_cache[1],
-        )
+            frame = wire.encode_envelope(
+                wire.MessageType.MODEL,
+                self.config.id,
+                self._round,
+                self._next_seq(),
+                self._now_s(),
+                body,
+            )
+            del body
+            self._model_cache = (key, frame)
+        return self._model_cache[1]
 
     def _on_update(
         self, msg: wire.Message, identity: bytes, replies: list, rows: list
@@ -639,7 +611,7 @@ class GroundDaemon:
                 )
             staleness = 0
         try:
-            update = _for_aggregator(wire.decode_update(msg.body, self.config.limits))
+            update = wire.decode_update(msg.body, self.config.limits)
         except ValueError as exc:
             return refuse(wire.NackReason.BAD_UPDATE, str(exc))
 
@@ -755,7 +727,7 @@ class GroundDaemon:
 
         # Push the new round's model to every agent seen; ROUTER_MANDATORY
         # turns a departed agent into EHOSTUNREACH, and it is forgotten.
-        if not (
+        if self.config.push_model and not (
             self.config.max_rounds and self._rounds_closed >= self.config.max_rounds
         ):
             data = self._model_message()

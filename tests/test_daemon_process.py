@@ -17,7 +17,7 @@ from agent._keys import load_public, load_secret, make_keypair
 from agent._transport import CurveClientKeys, DealerTransport
 from ground import AggregationStrategy, GradientAggregator
 from ground._config import parse_ground_config
-from ground._daemon import GroundDaemon, _for_aggregator
+from ground._daemon import GroundDaemon
 from ground._journal import read_checkpoint
 from tests.fl_support import (
     DIM,
@@ -157,9 +157,7 @@ def test_three_fedavg_rounds_with_agent_processes_equal_in_process(
     for r in range(3):
         results = [t.train(model, r) for t in trainers]
         updates = [
-            res.delta
-            if c is None
-            else _for_aggregator(c.compress(res.delta, round_index=r))
+            res.delta if c is None else c.compress(res.delta, round_index=r)
             for res, c in zip(results, clients, strict=True)
         ]
         step = aggregator.aggregate(updates, [res.num_samples for res in results])
