@@ -86,8 +86,10 @@ class _Round:
                     "weight before their mean exists"
                 )
             acc = self.accumulators()
+            # One rounding: the quotient is formed in float64.
+            total = np.float64(self.total_weight)
             for flat in acc.values():
-                np.divide(flat, flat.dtype.type(self.total_weight), out=flat)
+                np.divide(flat, total, out=flat, casting="same_kind")
             return acc
         return robust_reduce(self.agg, self.rows, self.template)
 
@@ -290,7 +292,8 @@ class AggregationSession:
 
         ``num_samples`` (> 0) is the FEDAVG weight; ``weight`` overrides it and
         is required by WEIGHTED; FEDASYNC and FEDBUFF weigh every update 1
-        unless ``weight`` is given (Xie et al.; Nguyen et al.).  ``staleness``
+        unless ``weight`` is given (Xie et al.; Nguyen et al.); the robust
+        strategies weigh all updates alike whatever is claimed.  ``staleness``
         is how many model versions the update's base is behind.  Raises
         ``UpdateRejected`` and leaves the session unchanged for a bad update.
         """

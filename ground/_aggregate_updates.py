@@ -78,8 +78,13 @@ class Template:
         without, they may be views of the caller's data in its own dtype.
         """
         if is_compressed(update):
-            update = update.decompress()
-        if not isinstance(update, Mapping):
+            dense = update.decompress()
+            if not isinstance(dense, Mapping):
+                (only,) = declared(update)
+                dense = {only: dense}
+            mapping = compressed_names(update, self)
+            update = {mapping[name]: a for name, a in dense.items()}
+        elif not isinstance(update, Mapping):
             update = {BARE: update}
         out = {}
         for name in self.tensors:

@@ -112,6 +112,17 @@ def test_a_compressed_single_array_aggregates_to_an_array(backend):
         session.submit(u, num_samples=1)
     session.close_round()
     np.testing.assert_array_equal(session.model["gradient"], got)
+    # ... also where the strategy needs them dense.
+    session = GradientAggregator(S.MEDIAN).start(
+        {"gradient": np.zeros(10_000, np.float32)}
+    )
+    for u in ups:
+        session.submit(u, num_samples=1)
+    session.close_round()
+    np.testing.assert_array_equal(
+        session.model["gradient"],
+        np.median([u.decompress() for u in ups], axis=0),
+    )
 
 
 def test_wire_round_trip_then_aggregate(backend):
