@@ -1,11 +1,13 @@
 """Check incoming updates against the model before they touch any accumulator.
 
 An update comes from a satellite we do not control, so it is checked whole
-before anything is added: the tensor names, every shape and dtype, the index
-range of a sparse update and the absence of NaN and Inf.  All problems of one
-update are collected and reported in one ``UpdateRejected`` whose ``reason``
-is the short code of the first (the daemon counts rejections by reason and
-sends it back in its NACK).
+before anything is added: the tensor names, every shape and dtype, and (for
+dense updates) the absence of NaN and Inf.  A compressed update arrives
+already checked for finite values and in-range, increasing indices by
+``CompressedUpdate.from_wire``, which refuses anything else before the update
+exists.  All problems of one update are collected and reported in one
+``UpdateRejected`` whose ``reason`` is the short code of the first (the daemon
+counts rejections by reason and sends it back in its NACK).
 """
 
 from collections.abc import Mapping
@@ -23,8 +25,8 @@ class UpdateRejected(ValueError):
     """An update failed validation and was not aggregated.
 
     ``reason`` is a short machine code: ``type``, ``names``, ``shape``,
-    ``dtype``, ``nonfinite``, ``index_range``, ``samples``, ``weight`` or
-    ``stale``; ``value`` is the offending value where there is one.
+    ``dtype``, ``nonfinite``, ``samples``, ``weight`` or ``stale``; ``value``
+    is the offending value where there is one.
     """
 
     def __init__(self, message: str, reason: str, value: Any = None) -> None:
