@@ -185,3 +185,25 @@ def test_out_of_range_indices_never_reach_the_aggregator():
     wire["tensors"][0]["index_bits"] = pack_array(bits)
     with pytest.raises(ValueError, match="200|range|10"):
         CompressedUpdate.from_wire(wire)
+
+
+@pytest.mark.parametrize("strategy", [S.FEDAVG, S.FEDASYNC, S.FEDBUFF])
+def test_both_kernel_backends_give_identical_models(strategy, monkeypatch):
+    backends = agent.kernels.backends()
+    if len(backends) < 2:
+        pytest.skip("the compiled kernels are not built; nothing to compare")
+    rng = np.random.default_rng(36)
+    model = model_like(rng)
+    config = CompressionConfig(CompressionType.TOPK_QUANTIZE).with_sparsity(0.9)
+    ups = compressed_updates(rng, config, 4)
+    dense = [{k: v * 0.5 for k, v in model_like(rng).items()} for _ in range(4)]
+    results = {}
+    for name, module in backends.items():
+        monkeypatch.setattr(agent.kernels, "_backend", module)
+        session = GradientAggregator(strategy, buffer_size=3).start(model)
+        for i, (u, d) in enumerate(zip(ups, dense, strict=True)):
+            session.submit(u, num_samples=i + 1)
+            session.submit(d, num_samples=2 * i + 1)
+        session.close_round()
+        results[name] = session.model
+    assert_models_identical(results["numpy"], results["compiled"])
