@@ -429,7 +429,7 @@ class _Finder:
                 s_i, k_i = np.nonzero(sel)
                 ext_parts.append(
                     dict(
-                        sat=s_i, sta=np.full(s_i.size, j), k=k_i,
+                        sat=s_i, sta=np.full(s_i.size, j),
                         kind=np.full(s_i.size, kind),
                         a=t_grid[k_i], b=t_grid[k_i + 1],
                         da=sgn * deriv[s_i, k_i], db=sgn * deriv[s_i, k_i + 1],
