@@ -26,7 +26,7 @@ satellite above their minimum elevation (optionally only the highest few).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -35,7 +35,7 @@ from sgp4.api import Satrec, SatrecArray
 
 from agent._geo import SPEED_OF_LIGHT_KM_S, WGS84_A_KM, WGS84_E2, Position
 from agent._mesh import MeshNode, SpaceMesh
-from agent._orbit import datetime_to_jd, teme_to_ecef_km
+from agent._orbit import datetime_to_jd, look_angles, station_frame, teme_to_ecef_km
 from agent._routing import LinkGraph
 from agent._tle import validate_tle
 
@@ -240,8 +240,8 @@ class IslNetwork:
                 f"satellites needs {config.planes * config.sats_per_plane} TLEs in "
                 f"plane order, got {n}"
             )
-        self.stations = tuple(_station_site(s) for s in stations)
-        station_names = [s[0] for s in self.stations]
+        self.stations = tuple(_station_site(s, config) for s in stations)
+        station_names = [s.name for s in self.stations]
         if set(station_names) & set(self.names) or len(set(station_names)) != len(
             station_names
         ):
@@ -296,14 +296,10 @@ class IslNetwork:
         dists = [d]
         kinds = [np.full(len(d), LINK_ISL, dtype=np.int8)]
         positions = [r_km]
-        for k, (_name, site, min_el, antennas) in enumerate(self.stations):
-            site_km = site.ecef_km()
-            positions.append(site_km[None, :])
-            min_el = cfg.ground_min_elevation_deg if min_el is None else min_el
-            limits = [x for x in (antennas, cfg.ground_terminals) if x is not None]
-            sats, rng = _visible_from(
-                site, site_km, r_km, ok, min_el, min(limits) if limits else None
-            )
+        for k, site in enumerate(self.stations):
+            positions.append(site.ecef_km[None, :])
+            limits = [x for x in (site.antennas, cfg.ground_terminals) if x is not None]
+            sats, rng = _visible_from(site, r_km, ok, min(limits) if limits else None)
             edges.append(np.stack([sats, np.full(len(sats), n_sat + k)], axis=1))
             dists.append(rng)
             kinds.append(np.full(len(sats), LINK_GROUND, dtype=np.int8))
@@ -398,29 +394,21 @@ def _nearest_pairs(
 
 
 def _visible_from(
-    site: Position,
-    site_km: np.ndarray,
-    r_km: np.ndarray,
-    ok: np.ndarray,
-    min_elevation_deg: float,
-    terminals: int | None,
+    site: _Site, r_km: np.ndarray, ok: np.ndarray, terminals: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Satellites above the station's minimum elevation, and their slant ranges.
+    """Satellites above the station's mask, and their slant ranges.
 
-    With ``terminals`` set, only that many of them, the highest first.
+    The mask is the station's ``mask_deg(azimuth)`` (a GroundStation's
+    horizon mask) or its minimum elevation.  With ``terminals`` set, only
+    that many satellites are kept, the highest first.
     """
-    lat, lon = math.radians(site.lat_deg), math.radians(site.lon_deg)
-    up = np.array(
-        [math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)]
-    )
-    rho = r_km - site_km
-    rng = np.linalg.norm(rho, axis=1)
     with np.errstate(invalid="ignore"):
-        sin_el = (rho @ up) / rng
-        visible = ok & (sin_el >= math.sin(math.radians(min_elevation_deg)))
+        az, el, rng = look_angles(r_km, site.ecef_km, site.enu)
+        floor = site.mask_deg(az) if site.mask_deg is not None else site.min_el_deg
+        visible = ok & (el >= floor)
     sats = np.nonzero(visible)[0]
     if terminals is not None and len(sats) > terminals:
-        best = np.argsort(-sin_el[sats], kind="stable")[:terminals]
+        best = np.argsort(-el[sats], kind="stable")[:terminals]
         sats = np.sort(sats[best])
     return sats, rng[sats]
 
@@ -438,20 +426,32 @@ def _events(snaps: list[IslSnapshot]) -> list[LinkEvent]:
     return events
 
 
-def _station_site(station: object) -> tuple[str, Position, float | None, int | None]:
-    """(name, Position, min elevation, antennas) of a station in a common shape.
+@dataclass(frozen=True, eq=False)
+class _Site:
+    name: str
+    position: Position
+    min_el_deg: float
+    antennas: int | None
+    mask_deg: Callable[[np.ndarray], np.ndarray] | None
+    ecef_km: np.ndarray
+    enu: np.ndarray
+
+
+def _station_site(station: object, cfg: IslConfig) -> _Site:
+    """A station in any common shape, with its frame precomputed.
 
     Takes a ``(name, Position)`` pair, or an object with ``name`` and either a
     ``position`` or ``lat_deg``/``lon_deg``/``alt_km`` (or ``altitude_km``),
-    such as agent._stations.GroundStation; its ``min_elevation_deg`` and
-    ``antennas`` (how many satellites it serves at once) are used when present.
+    such as agent._stations.GroundStation, whose ``min_elevation_deg``,
+    horizon mask (``mask_deg``) and ``antennas`` (how many satellites it
+    serves at once) are used.  Otherwise the config's minimum elevation holds.
     """
-    antennas = None
+    antennas = mask = min_el = None
     if isinstance(station, tuple) and len(station) == 2:
         name, position = station
-        min_el = None
     else:
         antennas = getattr(station, "antennas", None)
+        mask = getattr(station, "mask_deg", None)
         name = getattr(station, "name", None)
         position = getattr(station, "position", None)
         if position is None and hasattr(station, "lat_deg"):
@@ -463,7 +463,16 @@ def _station_site(station: object) -> tuple[str, Position, float | None, int | N
             f"ground station {station!r} needs a name and a Position; pass "
             "(name, Position) or an object with .name and .position"
         )
-    return name, position, min_el, antennas
+    site_km = position.ecef_km()
+    return _Site(
+        name,
+        position,
+        cfg.ground_min_elevation_deg if min_el is None else float(min_el),
+        antennas,
+        mask if callable(mask) else None,
+        site_km,
+        station_frame(site_km, position.lat_deg, position.lon_deg),
+    )
 
 
 def _geodetic(r_km: np.ndarray) -> Position:

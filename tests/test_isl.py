@@ -318,3 +318,36 @@ def test_malformed_tles_are_all_reported_by_satellite_name():
     assert "bad-1: TLE line 1 checksum is '0' but the line sums to 9" in message
     assert "bad-2: TLE line 1 has 3 characters" in message
     assert "sat-00-00" not in message
+
+
+def test_a_station_horizon_mask_hides_satellites_behind_it():
+    from agent._stations import GroundStation
+
+    tles = walker_tles(24, 24, 1, 550.0, 53.0, EPOCH)
+    cfg = IslConfig(planes=24, sats_per_plane=24, phasing=1)
+    site = Position(40.43, -3.95, 0.65)
+    # a ridge over the whole southern half of the sky, up to 60 deg
+    ridge = ((0.0, 10.0), (89.0, 10.0), (90.0, 60.0), (270.0, 60.0), (271.0, 10.0))
+    open_sky = GroundStation("madrid", site, 50.0, 200.0, 10.0, antennas=50)
+    masked = GroundStation(
+        "madrid", site, 50.0, 200.0, 10.0, horizon_mask=ridge, antennas=50
+    )
+    seen = {}
+    for label, station in (("open", open_sky), ("masked", masked)):
+        series = IslNetwork(tles, cfg, [station]).series(EPOCH, 1800, 300)
+        seen[label] = [
+            set(s.edges[s.kind == LINK_GROUND][:, 0].tolist()) for s in series.snapshots
+        ]
+    jd_fr = [datetime_to_jd(EPOCH + timedelta(seconds=300 * k)) for k in range(7)]
+    net = IslNetwork(tles, cfg)
+    hidden = 0
+    for k, (jd, fr) in enumerate(jd_fr):
+        _e, r, _v = net._satrecs.sgp4(np.array([jd]), np.array([fr]))
+        ecef = teme_to_ecef_km(r, np.array([jd]), np.array([fr]))[:, 0]
+        az, el, _rng = look_angles(ecef, site.ecef_km(), masked.enu_matrix())
+        south = (az > 90.5) & (az < 269.5)
+        expected = set(np.nonzero((el >= 10.0) & (~south | (el >= 60.0)))[0].tolist())
+        assert seen["masked"][k] == expected
+        assert seen["masked"][k] <= seen["open"][k]
+        hidden += len(seen["open"][k] - seen["masked"][k])
+    assert hidden > 0
