@@ -212,6 +212,38 @@ def test_streaming_fedavg_equals_the_batch_weighted_mean(samples, seed):
     assert session.version == 1 and session.pending == 0
 
 
+def test_weighted_session_uses_the_explicit_weights_not_the_sample_counts():
+    rng = np.random.default_rng(20)
+    model = make_model(rng)
+    ups = [make_delta(rng) for _ in range(3)]
+    session = GradientAggregator(S.WEIGHTED).start(model)
+    for u, w, n in zip(ups, [0.5, 0.25, 0.25], [1, 1000, 7], strict=True):
+        session.submit(u, num_samples=n, weight=w)
+    assert session.total_weight == 1.0
+    session.close_round()
+    want = {
+        k: model[k] + 0.5 * as64(ups[0])[k] + 0.25 * ups[1][k] + 0.25 * ups[2][k]
+        for k in model
+    }
+    assert_tree_close(session.model, want)
+
+
+def test_sync_fedavg_with_a_staleness_allowance_discounts_stale_updates():
+    # FEDAVG weight = num_samples * s(t), polynomial s(t) = (1 + t)^-0.5.
+    rng = np.random.default_rng(23)
+    model = make_model(rng)
+    fresh, stale = make_delta(rng), make_delta(rng)
+    session = GradientAggregator(S.FEDAVG, max_staleness=3).start(model)
+    session.submit(fresh, num_samples=10, staleness=0)
+    session.submit(stale, num_samples=10, staleness=3)
+    assert session.total_weight == pytest.approx(10 + 10 * 0.5)
+    session.close_round()
+    want = {
+        k: model[k] + (10 * as64(fresh)[k] + 5 * as64(stale)[k]) / 15 for k in model
+    }
+    assert_tree_close(session.model, want)
+
+
 def test_close_round_with_nothing_keeps_the_model():
     rng = np.random.default_rng(6)
     model = make_model(rng)
