@@ -402,6 +402,35 @@ def test_fedbuff_steps_every_k_updates_by_the_staleness_weighted_mean():
     assert session.version == 3 and session.pending == 0
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    k=st.integers(1, 5),
+    stale=st.lists(st.integers(0, 20), min_size=1, max_size=12),
+    fn=st.sampled_from(["polynomial", "hinge", "constant"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_fedbuff_matches_a_reference_for_any_buffer_and_staleness(k, stale, fn, seed):
+    rng = np.random.default_rng(seed)
+    model = make_model(rng)
+    agg = GradientAggregator(S.FEDBUFF, buffer_size=k, staleness_fn=fn)
+    session = agg.start(model)
+    want, buffer = as64(model), []
+    for t in stale:
+        u = make_delta(rng)
+        session.submit(u, num_samples=3, staleness=t)
+        buffer.append(agg.staleness_factor(t) * as64(u)["dense/bias"])
+        if len(buffer) == k:
+            want["dense/bias"] = want["dense/bias"] + sum(buffer) / k
+            buffer = []
+    session.close_round()
+    if buffer:
+        want["dense/bias"] = want["dense/bias"] + sum(buffer) / len(buffer)
+    assert session.version == -(-len(stale) // k)
+    np.testing.assert_allclose(
+        session.model["dense/bias"], want["dense/bias"], rtol=1e-5, atol=1e-5
+    )
+
+
 def test_async_staleness_limit_rejects_with_reason():
     rng = np.random.default_rng(14)
     session = GradientAggregator(S.FEDBUFF, max_staleness=3).start(make_model(rng))
