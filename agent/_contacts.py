@@ -15,8 +15,10 @@ How windows are found
    30 s are found too, not only those that straddle a sample.
 3. Culminations whose samples are all below the mask are refined only when the
    geocentric angle between satellite and station could, within the step,
-   come inside the visibility cone (the angle moves at most at the perigee
-   angular rate plus the Earth's rotation, so this test never drops a pass).
+   come inside the visibility cone: the angle moves at most at the perigee
+   angular rate plus the Earth's rotation, so between samples ``a`` and ``b``
+   it stays above ``(g_a + g_b - rate * step) / 2`` and the test never drops
+   a pass.
 4. Extrema are refined by a bracketed Illinois (regula falsi) search on the
    derivative, then every mask crossing is refined by bracketed,
    bisection-safeguarded Newton steps to :data:`TIME_TOLERANCE_S`.  Refinement
@@ -268,53 +270,57 @@ class _Finder:
     # -- refinement -----------------------------------------------------------
 
     def _refine_extrema(self, jobs):
-        """Root of the derivative inside each bracket (Illinois regula falsi).
+        """Root of the derivative inside each bracket (safeguarded secant).
 
-        ``jobs`` holds sorted ``sat``, ``sta``, ``a``, ``b``, ``kind`` and the
-        derivative values ``da`` > 0 >= ``db`` of the quantity being maximised
-        (``z`` for _ZMAX, ``f`` for _FPEAK, ``-f`` for _FDIP).
+        ``jobs`` holds sorted ``sat``, ``sta``, ``a``, ``b``, ``kind``, the
+        values ``ga``, ``gb`` and the derivatives ``da`` > 0 >= ``db`` of the
+        quantity being maximised (``z`` for _ZMAX, ``f`` for _FPEAK, ``-f``
+        for _FDIP).  The first trial is the peak of the cubic Hermite
+        interpolant; then secant steps through the last two trials, falling
+        back to regula falsi on the bracket, then to bisection.  It stops when
+        the next step would move less than TCA_TOLERANCE_S.
         """
         sat, sta, kind = jobs["sat"], jobs["sta"], jobs["kind"]
         a, b = jobs["a"].copy(), jobs["b"].copy()
         da, db = jobs["da"].copy(), jobs["db"].copy()
-        x = 0.5 * (a + b)
-        side = np.zeros(len(a), dtype=np.int8)
-        active = np.ones(len(a), dtype=bool)
-        z_out = np.empty(len(a))
-        f_out = np.empty(len(a))
+        n = len(a)
+        trial = a + (b - a) * _hermite_peak(
+            jobs["ga"], jobs["gb"], da * (b - a), db * (b - a)
+        )
+        x = np.full(n, np.nan)
+        d_prev = np.full(n, np.nan)
+        z_out = np.empty(n)
+        f_out = np.empty(n)
+        active = np.ones(n, dtype=bool)
         for _ in range(MAX_ITERATIONS):
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 break
-            denom = da[idx] - db[idx]
-            trial = np.where(
-                denom > 0, a[idx] + da[idx] * (b[idx] - a[idx]) / denom, np.nan
-            )
-            bad = ~((trial > a[idx]) & (trial < b[idx]))
-            trial[bad] = 0.5 * (a[idx][bad] + b[idx][bad])
-            z, z_dot, f, f_dot = self._evaluate(sat[idx], sta[idx], trial)
+            t = trial[idx]
+            z, z_dot, f, f_dot = self._evaluate(sat[idx], sta[idx], t)
             d = np.where(
                 kind[idx] == _ZMAX, z_dot, np.where(kind[idx] == _FPEAK, f_dot, -f_dot)
             )
             d = np.where(np.isfinite(d), d, 0.0)
-            moved = np.abs(trial - x[idx])
-            x[idx] = trial
             z_out[idx] = z
             f_out[idx] = f
             right = d > 0  # the root lies to the right of the trial point
-            ia, ib = idx[right], idx[~right]
-            a[ia], da[ia] = trial[right], d[right]
-            b[ib], db[ib] = trial[~right], d[~right]
-            # Illinois: halve the end that stayed put twice in a row
-            stay_b = side[ia] == 1
-            db[ia[stay_b]] *= 0.5
-            stay_a = side[ib] == -1
-            da[ib[stay_a]] *= 0.5
-            side[ia], side[ib] = 1, -1
-            done = (b[idx] - a[idx] < TCA_TOLERANCE_S) | (
-                moved < 0.25 * TCA_TOLERANCE_S
-            )
+            a[idx[right]], da[idx[right]] = t[right], d[right]
+            b[idx[~right]], db[idx[~right]] = t[~right], d[~right]
+
+            ai, bi = a[idx], b[idx]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                secant = t - d * (t - x[idx]) / (d - d_prev[idx])
+                falsi = ai + da[idx] * (bi - ai) / (da[idx] - db[idx])
+            ok = np.isfinite(secant) & (secant > ai) & (secant < bi)
+            nxt = np.where(ok, secant, falsi)
+            ok = np.isfinite(nxt) & (nxt > ai) & (nxt < bi)
+            nxt = np.where(ok, nxt, 0.5 * (ai + bi))
+            done = (np.abs(nxt - t) < TCA_TOLERANCE_S) | (bi - ai < TCA_TOLERANCE_S)
             done |= d == 0.0
+            x[idx] = t
+            d_prev[idx] = d
+            trial[idx] = nxt
             active[idx[done]] = False
         return x, z_out, f_out
 
@@ -326,11 +332,9 @@ class _Finder:
         sat, sta, sign = jobs["sat"], jobs["sta"], jobs["sign"]
         a, b = jobs["a"].copy(), jobs["b"].copy()
         qa, qb = sign * jobs["fa"], sign * jobs["fb"]
-        denom = qb - qa
-        x = np.where(
-            denom > 0, a - qa * (b - a) / np.where(denom > 0, denom, 1), 0.5 * (a + b)
+        x = a + (b - a) * _hermite_root(
+            qa, qb, sign * jobs["da"] * (b - a), sign * jobs["db"] * (b - a)
         )
-        x = np.clip(x, a, b)
         z_out = np.empty(len(a))
         active = np.ones(len(a), dtype=bool)
         for _ in range(MAX_ITERATIONS):
@@ -412,7 +416,9 @@ class _Finder:
                 np.arccos(np.clip(self.site_norm[j] / r_max_km * math.cos(m), -1, 1))
                 - m
             )
-            reach = np.minimum(gamma[:, :-1], gamma[:, 1:]) - rel_rate[:, None] * h / 2
+            # lowest angle the Lipschitz bound allows between the two samples:
+            # gamma(t) >= max(g_a - w (t - a), g_b - w (b - t))
+            reach = 0.5 * (gamma[:, :-1] + gamma[:, 1:] - rel_rate[:, None] * h)
             screen = reach <= cone[:, None]
 
             fa, fb = f[:, :-1], f[:, 1:]
@@ -427,13 +433,16 @@ class _Finder:
             jobs.append((fdip, _FDIP, f_dot, -1.0))
             for sel, kind, deriv, sgn in jobs:
                 s_i, k_i = np.nonzero(sel)
+                value = z if kind == _ZMAX else f
                 ext_parts.append(
                     dict(
                         sat=s_i, sta=np.full(s_i.size, j),
                         kind=np.full(s_i.size, kind),
                         a=t_grid[k_i], b=t_grid[k_i + 1],
+                        ga=sgn * value[s_i, k_i], gb=sgn * value[s_i, k_i + 1],
                         da=sgn * deriv[s_i, k_i], db=sgn * deriv[s_i, k_i + 1],
                         fa=fa[s_i, k_i], fb=fb[s_i, k_i],
+                        fda=f_dot[s_i, k_i], fdb=f_dot[s_i, k_i + 1],
                     )
                 )  # fmt: skip
             for sel, sgn in ((~vis_a & vis_b, 1.0), (vis_a & ~vis_b, -1.0)):
@@ -443,6 +452,7 @@ class _Finder:
                         sat=s_i, sta=np.full(s_i.size, j),
                         a=t_grid[k_i], b=t_grid[k_i + 1],
                         fa=fa[s_i, k_i], fb=fb[s_i, k_i],
+                        da=f_dot[s_i, k_i], db=f_dot[s_i, k_i + 1],
                         sign=np.full(s_i.size, sgn),
                     )
                 )  # fmt: skip
@@ -464,14 +474,23 @@ class _Finder:
         gap = (ext["kind"] == _FDIP) & (f_ext <= 0)
         for sel, first_sign in ((hidden, 1.0), (gap, -1.0)):
             n_sel = int(sel.sum())
-            for lo, hi, fa, fb, sgn in (
-                (ext["a"][sel], x_ext[sel], ext["fa"][sel], f_ext[sel], first_sign),
-                (x_ext[sel], ext["b"][sel], f_ext[sel], ext["fb"][sel], -first_sign),
+            flat = np.zeros(n_sel)  # f' vanishes at the refined extremum
+            a, b, fa, fb = ext["a"][sel], ext["b"][sel], ext["fa"][sel], ext["fb"][sel]
+            fda, fdb, t_mid, f_mid = (
+                ext["fda"][sel],
+                ext["fdb"][sel],
+                x_ext[sel],
+                f_ext[sel],
+            )
+            for lo, hi, v_lo, v_hi, d_lo, d_hi, sgn in (
+                (a, t_mid, fa, f_mid, fda, flat, first_sign),
+                (t_mid, b, f_mid, fb, flat, fdb, -first_sign),
             ):
                 cross_parts.append(
                     dict(
                         sat=ext["sat"][sel], sta=ext["sta"][sel], a=lo, b=hi,
-                        fa=fa, fb=fb, sign=np.full(n_sel, sgn),
+                        fa=v_lo, fb=v_hi, da=d_lo, db=d_hi,
+                        sign=np.full(n_sel, sgn),
                     )
                 )  # fmt: skip
         cross = _concat_sorted(cross_parts)
@@ -626,6 +645,67 @@ class _Finder:
         zenith_km = np.sqrt(np.einsum("ij,ij->i", pos, pos)) - self.site_norm[site_of]
         frac = rate_fraction(range_km, zenith_km)
         return np.bincount(owner, weights=frac * dt[owner], minlength=sat.size)
+
+
+def _hermite_peak(ga, gb, sa, sb):
+    """Where the cubic Hermite interpolant of a bracketed maximum peaks, in [0, 1].
+
+    ``ga``, ``gb`` are the values at the ends and ``sa`` > 0 >= ``sb`` the
+    slopes scaled to the unit interval; the derivative of the cubic is a
+    quadratic with exactly one root there.  Only a first guess: the bracketed
+    search that follows does not rely on it.
+    """
+    qa = 6.0 * (ga - gb) + 3.0 * (sa + sb)
+    qb = 6.0 * (gb - ga) - 4.0 * sa - 2.0 * sb
+    qc = sa
+    disc = np.sqrt(np.maximum(qb * qb - 4.0 * qa * qc, 0.0))
+    q = -0.5 * (qb + np.where(qb >= 0, disc, -disc))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r1 = q / qa
+        r2 = qc / q
+    ok1 = np.isfinite(r1) & (r1 > 0) & (r1 < 1)
+    ok2 = np.isfinite(r2) & (r2 > 0) & (r2 < 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        secant = np.where(sa - sb > 0, sa / (sa - sb), 0.5)
+    return np.where(ok1, r1, np.where(ok2, r2, np.clip(secant, 0.0, 1.0)))
+
+
+def _hermite_root(qa, qb, sa, sb, iterations=6):
+    """Zero of the cubic Hermite interpolant of ``q`` on [0, 1] (q(0) <= 0 < q(1)).
+
+    ``sa``, ``sb`` are slopes scaled to the unit interval (NaN: unknown, use
+    the secant).  Newton on the cubic, kept inside a shrinking bracket; only a
+    first guess for the SGP4 refinement.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.clip(np.where(qb - qa > 0, -qa / (qb - qa), 0.5), 0.0, 1.0)
+    known = np.isfinite(sa) & np.isfinite(sb)
+    sa = np.where(known, sa, 0.0)
+    sb = np.where(known, sb, 0.0)
+    lo = np.zeros_like(s)
+    hi = np.ones_like(s)
+    for _ in range(iterations):
+        s2 = s * s
+        s3 = s2 * s
+        p = (
+            (2 * s3 - 3 * s2 + 1) * qa
+            + (s3 - 2 * s2 + s) * sa
+            + (3 * s2 - 2 * s3) * qb
+            + (s3 - s2) * sb
+        )
+        dp = (
+            (6 * s2 - 6 * s) * (qa - qb)
+            + (3 * s2 - 4 * s + 1) * sa
+            + (3 * s2 - 2 * s) * sb
+        )
+        lo = np.where(p <= 0, s, lo)
+        hi = np.where(p > 0, s, hi)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nxt = s - p / dp
+        s = np.where(np.isfinite(nxt) & (nxt > lo) & (nxt < hi), nxt, 0.5 * (lo + hi))
+    return np.where(
+        known, s, np.clip(np.where(qb - qa > 0, -qa / (qb - qa), 0.5), 0, 1)
+    )
 
 
 def _concat_sorted(parts: list[dict]) -> dict:
