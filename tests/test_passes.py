@@ -483,7 +483,7 @@ def test_agent_import_stays_light():
     import sys
 
     code = (
-        "import sys, agent._contacts, agent._tle, agent._walker; "
+        "import sys, agent._contacts, agent._passfinder, agent._tle, agent._walker; "
         "heavy = {'scipy', 'skyfield'} & set(sys.modules); print(sorted(heavy))"
     )
     out = subprocess.run(
