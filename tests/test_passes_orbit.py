@@ -92,3 +92,37 @@ def test_satrec_from_sgp4_and_from_our_loader_agree(tle_dir):
     assert direct.jdsatepoch + direct.jdsatepochF == (
         entry.satrec.jdsatepoch + entry.satrec.jdsatepochF
     )
+
+
+def test_ground_station_names_every_problem():
+    from agent._stations import GroundStation
+
+    with pytest.raises(ValueError) as info:
+        GroundStation(
+            "gs", Position(0.0, 0.0), -1.0, float("nan"), min_elevation_deg=95.0,
+            horizon_mask=((10.0, 5.0), (370.0, 6.0), (20.0, 120.0)), antennas=0,
+        )  # fmt: skip
+    message = str(info.value)
+    for fragment in (
+        "uplink_mbps=-1.0", "downlink_mbps=nan", "min_elevation_deg=95.0",
+        "antennas=0", "repeats an azimuth", "(20.0, 120.0)",
+    ):  # fmt: skip
+        assert fragment in message
+
+
+def test_horizon_mask_interpolates_across_north():
+    from agent._stations import GroundStation
+
+    station = GroundStation(
+        "gs", Position(10.0, 20.0), 1.0, 2.0, min_elevation_deg=5.0,
+        horizon_mask=((350.0, 10.0), (10.0, 20.0), (180.0, 0.0)),
+    )  # fmt: skip
+    assert station.mask_deg(np.array([0.0, 360.0, 355.0]))[:2] == pytest.approx(
+        [15.0, 15.0]
+    )
+    assert station.mask_deg(np.array([355.0]))[0] == pytest.approx(12.5)
+    assert station.mask_slope(np.array([0.0]))[0] == pytest.approx(0.5)
+    # below the 5 deg floor the mask is flat
+    assert station.mask_deg(np.array([180.0]))[0] == 5.0
+    assert station.mask_slope(np.array([180.0]))[0] == 0.0
+    assert station.lowest_mask_deg == 5.0
