@@ -9,6 +9,7 @@ over part of a pass for the scheduler.  Only numpy and sgp4 are imported.
 
 import bisect
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -110,8 +111,9 @@ def find_windows(
         raise ValueError(
             f"start={start.isoformat()} has no time zone; pass an aware UTC datetime"
         )
-    if not (isinstance(hours, int | float) and math.isfinite(hours) and hours > 0):
+    if not (isinstance(hours, numbers.Real) and math.isfinite(hours) and hours > 0):
         raise ValueError(f"hours={hours!r} must be a positive number of hours")
+    hours = float(hours)
     start = start.astimezone(UTC)
     result = PassSearch()
     if not satellites or not stations:
