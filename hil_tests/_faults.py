@@ -107,7 +107,9 @@ class Chaos:
 
     The gaps between kills are drawn uniformly from ``gap_s``; after each kill
     the process stays dead for a draw from ``down_s`` and is started again.
-    ``before_kill`` may veto or time a kill (return False to skip this one).
+    ``aim(k)``, when given, is polled (every 20 ms, for at most ``aim_max_s``)
+    after the gap of kill ``k`` and the kill waits until it returns True: a
+    way to land a kill at an interesting moment (an update in flight).
     """
 
     def __init__(
@@ -119,6 +121,8 @@ class Chaos:
         down_s: tuple[float, float] = (0.0, 0.5),
         on_kill: Callable[[int, float], None] | None = None,
         restart: bool = True,
+        aim: Callable[[int], bool] | None = None,
+        aim_max_s: float = 10.0,
     ) -> None:
         if n_kills < 0:
             raise ValueError(f"n_kills={n_kills}; expected >= 0")
@@ -129,6 +133,8 @@ class Chaos:
         self.down_s = down_s
         self.on_kill = on_kill
         self.restart = restart
+        self.aim = aim
+        self.aim_max_s = aim_max_s
         self.kill_times: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -153,6 +159,15 @@ class Chaos:
         for k in range(self.n_kills):
             if self._stop.wait(self.rng.uniform(*self.gap_s)):
                 return
+            if self.aim is not None:
+                until = time.monotonic() + self.aim_max_s
+                while time.monotonic() < until and not self._stop.is_set():
+                    try:
+                        if self.aim(k):
+                            break
+                    except Exception:  # the target may be mid-restart
+                        pass
+                    time.sleep(0.02)
             if not self.proc.running():
                 # It died by itself: that is a failure the test will see in
                 # the log; start it again and keep going.

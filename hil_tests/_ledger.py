@@ -29,13 +29,16 @@ class Accounting:
     produced: set[UpdateKey] = field(default_factory=set)
     aggregated: Counter = field(default_factory=Counter)
     expired: set[UpdateKey] = field(default_factory=set)
+    # NACKed by the ground with a reason the agent logged (e.g. an update
+    # that missed its round): accounted for, not silently lost.
+    refused: set[UpdateKey] = field(default_factory=set)
 
     def add_aggregated(self, keys: Iterable[UpdateKey]) -> None:
         self.aggregated.update(keys)
 
     @property
     def lost(self) -> set[UpdateKey]:
-        return self.produced - set(self.aggregated) - self.expired
+        return self.produced - set(self.aggregated) - self.expired - self.refused
 
     @property
     def duplicated(self) -> dict[UpdateKey, int]:
@@ -48,6 +51,8 @@ class Accounting:
 
     @property
     def expired_and_aggregated(self) -> set[UpdateKey]:
+        """Accepted by the ground, but the ACK was lost (a kill) and the outbox
+        expired the entry before a resend: aggregated once, and fine."""
         return self.expired & set(self.aggregated)
 
     def problems(self) -> list[str]:
@@ -68,10 +73,10 @@ class Accounting:
                 f"{len(self.phantom)} aggregated update(s) that no agent "
                 f"produced: {sorted(self.phantom)[:10]}"
             )
-        if self.expired_and_aggregated:
+        if self.refused & set(self.aggregated):
             out.append(
-                "update(s) both expired by the outbox and aggregated: "
-                f"{sorted(self.expired_and_aggregated)[:10]}"
+                "update(s) both refused by the ground and aggregated: "
+                f"{sorted(self.refused & set(self.aggregated))[:10]}"
             )
         return out
 
@@ -94,6 +99,7 @@ class RunSummary:
             "produced": len(a.produced),
             "aggregated": sum(1 for k in a.aggregated if k in a.produced),
             "expired": len(a.expired),
+            "refused": len(a.refused),
             "lost": len(a.lost),
             "duplicated": len(a.duplicated),
             "phantom": len(a.phantom),
@@ -129,13 +135,21 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"  {k:<{kw}}  {total[k]:>6}")
     lines.append(f"  {'total':<{kw}}  {sum(total.values()):>6}")
     lines.append("")
-    cols = ("faults", "produced", "aggregated", "expired", "lost", "duplicated")
+    cols = (
+        "faults",
+        "produced",
+        "aggregated",
+        "expired",
+        "refused",
+        "lost",
+        "duplicated",
+    )
     header = f"  {'run':<{w}}  " + "  ".join(f"{c:>10}" for c in cols)
     lines.append("updates by run (lost and duplicated must be 0)")
     lines.append(header)
     sums = Counter()
     for r in rows:
-        vals = [sum(r["faults"].values())] + [r[c] for c in cols[1:]]
+        vals = [sum(r["faults"].values())] + [r.get(c, 0) for c in cols[1:]]
         sums.update(dict(zip(cols, vals, strict=True)))
         lines.append(f"  {r['name']:<{w}}  " + "  ".join(f"{v:>10}" for v in vals))
     lines.append(f"  {'total':<{w}}  " + "  ".join(f"{sums[c]:>10}" for c in cols))

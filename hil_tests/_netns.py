@@ -172,6 +172,11 @@ class NetnsLab:
             ]
         )
 
+    def set_rates(self, i: int, uplink_kbit: int, downlink_kbit: int) -> None:
+        """Reshape agent i's link (e.g. a ground-based peer on a fast line)."""
+        self._shape(self.agent_ns(i), self.agent_if(i), uplink_kbit)
+        self._shape(self.ground_ns, self.ground_if(i), downlink_kbit)
+
     def teardown(self) -> None:
         # Deleting a namespace deletes its veth ends and their qdiscs.  Any
         # process still inside keeps it alive only as an unnamed namespace.

@@ -17,7 +17,6 @@ independent records:
 """
 
 import re
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,17 +261,20 @@ def round_outcomes(daemon_log: str) -> dict[int, tuple[str, int]]:
 
 
 def journal_rows(state_dir: Path) -> list[tuple[str, int, int, int]]:
-    """(agent, round, seq, epoch) of every update the daemon accepted."""
-    db = sqlite3.connect(state_dir / "journal.sqlite")
+    """(agent, round, seq, epoch) of every update the daemon accepted.
+
+    The daemon keeps the keys of closed rounds and the records of the open
+    one (``ground._journal.Journal.seen``).  FEDAVG takes updates only for
+    the open round, so the round an update was accepted in (its epoch) is
+    its own round number.
+    """
+    from ground._journal import Journal
+
+    journal = Journal(state_dir)
     try:
-        return [
-            tuple(r)
-            for r in db.execute(
-                "SELECT agent, round, seq, epoch FROM updates ORDER BY rowid"
-            )
-        ]
+        return sorted((a, r, s, r) for a, r, s in journal.seen())
     finally:
-        db.close()
+        journal.close()
 
 
 @dataclass
@@ -291,11 +293,22 @@ def account(
     agent_outboxes: dict[str, Path],
     state_dir: Path,
     slot_of: dict[str, tuple[int, int]],
+    daemon_log: str,
+    extra_produced: set | None = None,
+    candidates: set | None = None,
 ) -> Outcome:
-    """Reconstruct the fate of every update from logs, journal and model.
+    """Reconstruct the fate of every update from logs, outboxes and the model.
 
     ``slot_of[agent_id] = (agent_index, rounds_per_agent)`` locates each
-    agent's slots in the model (see :mod:`hil_tests._trainer`).
+    agent's slots in the model (see :mod:`hil_tests._trainer`).  Whether and
+    how often an update was aggregated is read from the final model, not from
+    the daemon's bookkeeping: slot (agent, round) holds k/n when the update
+    was aggregated k times into a round the daemon logged as closed with n
+    updates.  The daemon's journal is checked against that separately (it
+    must remember every aggregated update, or a late resend could be taken
+    twice).  ``extra_produced`` adds updates owed by peers without an agent
+    log; ``candidates`` names updates that may be in the model but are owed
+    nothing (a hostile peer's sends that got no ACK).
     """
     from agent._outbox import Outbox
 
@@ -306,6 +319,7 @@ def account(
         acc.produced |= rec.produced
         acc.expired |= rec.expired
         refused.update(rec.refused)
+    acc.refused = set(refused)
     pending = set()
     for agent_id, path in agent_outboxes.items():
         if path.exists():
@@ -314,27 +328,64 @@ def account(
     # An update stored just before a kill -9 may miss its log line; the
     # outbox or the journal still names it, and it counts as produced.
     rows = journal_rows(state_dir)
+    journal_keys = {(a, r, s) for a, r, s, _ in rows}
     cp = read_checkpoint(state_dir / "checkpoint.msgpack")
     open_round = cp.round if cp else 0
-    honest = set(agent_logs)
-    acc.produced |= {k for k in pending if k[0] in honest}
-    acc.produced |= {(a, r, s) for a, r, s, _ in rows if a in honest}
-    acc.add_aggregated((a, r, s) for a, r, s, e in rows if e < open_round)
+    acc.produced |= {k for k in pending if k[0] in agent_logs}
+    acc.produced |= {k for k in journal_keys if k[0] in agent_logs}
+    acc.produced |= extra_produced or set()
 
-    # The model: slot (agent, round) must hold 1/n_epoch for every update
-    # aggregated in a round of n, and 0 for every other slot.
-    problems = []
-    if cp is not None:
-        w = np.asarray(cp.model["w"], dtype=np.float64)
-        expected = np.zeros_like(w)
-        per_epoch = Counter(e for *_, e in rows if e < open_round)
-        for a, r, _s, e in rows:
-            if e < open_round and a in slot_of:
-                index, rounds_per_agent = slot_of[a]
-                expected[index * rounds_per_agent + r] += 1.0 / per_epoch[e]
-        bad = np.flatnonzero(np.abs(w - expected) > SLOT_TOLERANCE)
-        for i in bad[:10]:
+    problems: list[str] = []
+    rounds = round_outcomes(daemon_log)
+    w = (
+        np.asarray(cp.model["w"], dtype=np.float64)
+        if cp is not None
+        else np.zeros(0, np.float64)
+    )
+    by_slot: dict[int, list] = {}
+    for key in acc.produced | journal_keys | (candidates or set()):
+        if key[0] in slot_of:
+            index, rounds_per_agent = slot_of[key[0]]
+            by_slot.setdefault(index * rounds_per_agent + key[1], []).append(key)
+    claimed = np.zeros(w.size, bool)
+    for slot, keys in sorted(by_slot.items()):
+        if slot >= w.size:
+            problems.append(f"update(s) {keys} have slot {slot} past the model")
+            continue
+        claimed[slot] = True
+        value = w[slot]
+        if abs(value) <= SLOT_TOLERANCE:
+            continue
+        if len(keys) > 1:
+            problems.append(f"{keys}: two updates of one agent for one round")
+            continue
+        key = keys[0]
+        outcome, n = rounds.get(key[1], ("not closed", 0))
+        times = value * n
+        if outcome != "aggregated" or abs(times - round(times)) > n * SLOT_TOLERANCE:
             problems.append(
-                f"model slot {i} holds {w[i]:.6f}; the journal says {expected[i]:.6f}"
+                f"model slot of {key} holds {value:.6f}, not a multiple of 1/n "
+                f"for round {key[1]} ({outcome}, n={n})"
             )
-    return Outcome(acc, refused, pending, rows, open_round, problems, {})
+            continue
+        acc.aggregated[key] += int(round(times))
+        if key not in journal_keys:
+            problems.append(
+                f"{key} is aggregated in the model but the daemon's journal "
+                "does not remember it: a late resend would not be recognised "
+                "as a duplicate"
+            )
+    unclaimed = np.flatnonzero((np.abs(w) > SLOT_TOLERANCE) & ~claimed)
+    for slot in unclaimed[:10]:
+        problems.append(f"model slot {slot} holds {w[slot]:.6f} but no update has it")
+    # Each closed round's updates must add up to exactly one unit of weight.
+    per_round = Counter(
+        k[1] for k, times in acc.aggregated.items() for _ in range(times)
+    )
+    for r, (outcome, n) in sorted(rounds.items()):
+        if outcome == "aggregated" and per_round.get(r, 0) != n and r < open_round:
+            problems.append(
+                f"round {r} was logged closed with {n} update(s); the model "
+                f"shows {per_round.get(r, 0)}"
+            )
+    return Outcome(acc, refused, pending, rows, open_round, problems, rounds)

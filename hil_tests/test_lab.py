@@ -246,4 +246,4 @@ def test_accounting_finds_lost_duplicated_and_phantom_updates():
     table = format_table([run.to_json()])
     assert "daemon_kill9" in table and "20" in table
     row = next(line for line in table.splitlines() if line.strip().startswith("demo"))
-    assert row.split()[1:] == ["20", "4", "2", "1", "1", "1"]
+    assert row.split()[1:] == ["20", "4", "2", "1", "0", "1", "1"]

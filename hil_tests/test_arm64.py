@@ -1,0 +1,297 @@
+"""The agent on an arm64 flight computer: emulated under qemu, or a real one.
+
+Emulated: the Debian bookworm arm64 root filesystem of
+``hil_tests/arm64/build_rootfs.sh``, with orbitfl's kernels compiled inside
+by its own gcc.  Real: ``HIL_TARGET=ssh://user@host`` (a Raspberry Pi or a
+Jetson with python3-venv, python3-dev and gcc).  Times under qemu are
+relative only: user-mode emulation runs aarch64 code 5 to 20 times slower.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from hil_tests import _rootfs
+from hil_tests._faults import Proc
+from hil_tests._ledger import WORK_DIR, RunSummary
+from hil_tests._scenario import Keys, account, agent_config, ground_config
+
+REPO = Path(__file__).resolve().parent.parent
+DIGESTS = "hil_tests/arm64/kernel_digests.py"
+
+
+@pytest.fixture(scope="module")
+def arm64():
+    reason = _rootfs.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    # A no-op unless the source changed since the root filesystem was built;
+    # then it recompiles the kernels inside (a minute or two per kernel).
+    _rootfs.rebuild_project()
+    return _rootfs
+
+
+def _host_digests() -> dict:
+    out = subprocess.run(
+        [sys.executable, str(REPO / DIGESTS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return json.loads(out.stdout)
+
+
+def _compare(host: dict, device: dict) -> list[str]:
+    problems = []
+    for backend, cases in host["backends"].items():
+        other = device["backends"].get(backend)
+        if other is None:
+            problems.append(f"backend {backend} exists on x86-64 but not on arm64")
+            continue
+        for case, digest in cases.items():
+            if other.get(case) != digest:
+                problems.append(
+                    f"{backend} {case}: x86-64 {digest[:16]} != arm64 "
+                    f"{str(other.get(case))[:16]}"
+                )
+    return problems
+
+
+@pytest.mark.timeout(1800)
+def test_kernels_on_arm64_give_bit_identical_outputs_to_x86_64(arm64):
+    host = _host_digests()
+    proc = subprocess.run(
+        arm64.rootfs_argv([arm64.VENV_PYTHON, DIGESTS]),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    device = json.loads(proc.stdout)
+    assert device["machine"] == "aarch64", device["machine"]
+    assert host["machine"] == "x86_64", host["machine"]
+    n_pyx = len(list((REPO / "kernels_pyx").glob("*.pyx")))
+    compiled = [b for b in device["backends"] if b.endswith("/compiled")]
+    assert len(compiled) == n_pyx, (
+        f"{n_pyx} Cython kernel module(s) in kernels_pyx but arm64 imports "
+        f"compiled backends {compiled}"
+    )
+    problems = _compare(host, device)
+    n_cases = sum(len(c) for c in host["backends"].values())
+    assert not problems, f"{len(problems)} of {n_cases} digests differ:\n" + "\n".join(
+        problems[:30]
+    )
+    # Errors are digests too; make sure the comparison compared real outputs.
+    errors = [
+        (b, c)
+        for b, cases in device["backends"].items()
+        for c, d in cases.items()
+        if d.startswith("error")
+    ]
+    assert not errors, f"kernel cases that raised on both machines: {errors[:10]}"
+
+
+def _rss_kb(pid: int) -> int | None:
+    """VmRSS of the emulated agent: the descendant of ``pid`` that runs
+    ``python -m agent run`` (under binfmt its command line starts with the
+    qemu interpreter, whose own few MB are included: an upper bound)."""
+    for child in Path("/proc").iterdir():
+        if not child.name.isdigit():
+            continue
+        try:
+            cmd = (child / "cmdline").read_bytes().split(b"\0")
+            status = (child / "status").read_text()
+        except OSError:
+            continue
+        if b"agent" in cmd and b"run" in cmd and b"-m" in cmd:
+            ppid = int(status.split("PPid:")[1].split()[0])
+            if _descends(ppid, pid) and "VmRSS:" in status:
+                return int(status.split("VmRSS:")[1].split()[0])
+    return None
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    for _ in range(10):
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        pid = int(status.split("PPid:")[1].split()[0])
+    return False
+
+
+@pytest.mark.timeout(900)
+def test_arm64_agent_completes_rounds_against_the_host_daemon(arm64, tmp_path):
+    """The agent inside the root filesystem, the daemon on the host, over TCP
+    on loopback with CURVE; per-round time and resident memory reported."""
+    rounds = 4
+    ids = ["pi-0"]
+    # Keys and state inside the root filesystem, so the agent can read them.
+    inside = f"/opt/orbitfl/run-{os.getpid()}"
+    run_dir = arm64.host_path(inside)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keys = Keys(run_dir / "keys", ids)
+    port = 46000 + os.getpid() % 1000
+    state = tmp_path / "ground-state"
+    ground_config(
+        tmp_path / "ground.toml",
+        bind=f"tcp://127.0.0.1:{port}",
+        state_dir=state,
+        keys=keys,
+        expected_agents=ids,
+        n_slots=rounds + 1,
+        deadline_s=600.0,
+        clock=None,
+    )
+    host_cfg = agent_config(
+        run_dir / "pi-0.toml",
+        agent_id="pi-0",
+        agent_index=0,
+        n_agents=1,
+        rounds_per_agent=rounds + 1,
+        endpoint=f"tcp://127.0.0.1:{port}",
+        state_dir=run_dir / "state",
+        keys=keys,
+        max_rounds=rounds,
+        extra=20_000,
+    )
+    # The config names host paths; inside they live under /opt/orbitfl/run-*.
+    host_cfg.write_text(host_cfg.read_text().replace(str(run_dir), inside))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    ground = Proc(
+        "ground",
+        [
+            sys.executable,
+            "-m",
+            "ground",
+            "serve",
+            "--config",
+            str(tmp_path / "ground.toml"),
+        ],
+        tmp_path / "ground.log",
+        env=env,
+    ).start()
+    try:
+        t0 = time.monotonic()
+        agent = Proc(
+            "pi-0",
+            arm64.rootfs_argv(
+                [
+                    arm64.VENV_PYTHON,
+                    "-m",
+                    "agent",
+                    "run",
+                    "--config",
+                    f"{inside}/pi-0.toml",
+                ],
+                env={"PYTHONPATH": arm64.SRC, "ORBITFL_KERNELS": "compiled"},
+            ),
+            tmp_path / "pi-0.log",
+        ).start()
+        rss_kb = []
+        while agent.running() and time.monotonic() - t0 < 600:
+            if (kb := _rss_kb(agent.pid)) is not None:
+                rss_kb.append(kb)
+            time.sleep(0.5)
+        assert not agent.running(), "the arm64 agent did not finish in 600 s"
+        wall_s = time.monotonic() - t0
+        log = agent.log_text()
+        assert agent.popen.returncode == 0, log[-3000:]
+    finally:
+        agent.stop() if "agent" in locals() else None
+        ground.stop()
+    outcome = account(
+        {"pi-0": log}, {"pi-0": run_dir / "state" / "outbox.sqlite"}, state,
+        {"pi-0": (0, rounds + 1)}, daemon_log=ground.log_text(),
+    )  # fmt: skip
+    acc = outcome.accounting
+    assert len(acc.produced) == rounds, sorted(acc.produced)
+    assert acc.problems() == [] and outcome.model_problems == []
+    trained = [line for line in log.splitlines() if "trained round" in line]
+    assert len(trained) == rounds
+    stamps = [time.mktime(time.strptime(x[:19], "%Y-%m-%d %H:%M:%S")) for x in trained]
+    per_round_s = (stamps[-1] - stamps[0]) / max(1, rounds - 1)
+    peak_mb = max(rss_kb) / 1024 if rss_kb else float("nan")
+    summary = RunSummary("arm64 agent vs host daemon (qemu)", accounting=acc)
+    summary.notes = {
+        "rounds": rounds,
+        "wall_s": round(wall_s, 1),
+        "per_round_s": round(per_round_s, 2),
+        "agent_peak_rss_mb": round(peak_mb, 1),
+    }
+    summary.record()
+    (WORK_DIR / "arm64-agent.json").write_text(json.dumps(summary.notes))
+    print(
+        f"\narm64 agent (qemu): {rounds} rounds in {wall_s:.1f} s wall, "
+        f"{per_round_s:.2f} s per round after the first, peak RSS {peak_mb:.1f} MB"
+    )
+    assert rss_kb, "could not read the agent's resident memory from /proc"
+
+
+@pytest.fixture(scope="module")
+def ssh_target():
+    try:
+        target = _rootfs.SshTarget.from_env()
+    except ValueError as exc:
+        pytest.fail(str(exc))
+    if target is None:
+        pytest.skip(
+            "no real device: set HIL_TARGET=ssh://user@host (a Raspberry Pi or "
+            "Jetson with python3-venv, python3-dev and gcc, reachable by key-based "
+            "ssh) to run this suite on it"
+        )
+    return target
+
+
+def _sdist(tmp_path: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (sdist,) = tmp_path.glob("orbitfl-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+    assert any(n.endswith(".pyx") for n in names), "the sdist has no .pyx sources"
+    return sdist
+
+
+@pytest.mark.timeout(3600)
+def test_real_device_builds_and_matches_x86_64_digests(ssh_target, tmp_path):
+    sdist = _sdist(tmp_path)
+    remote = "orbitfl-hil"
+    ssh = ssh_target.ssh_argv
+    subprocess.run(ssh(f"rm -rf {remote} && mkdir -p {remote}"), check=True)
+    subprocess.run(ssh_target.scp_argv(sdist, f"{remote}/"), check=True)
+    script = (
+        f"cd {remote} && tar xzf {sdist.name} && cd {sdist.name[:-7]} && "
+        "python3 -m venv ../venv && ../venv/bin/pip install -q numpy msgpack pyzmq "
+        "sgp4 Cython setuptools && ../venv/bin/python setup.py -q build_ext "
+        "--inplace && mkdir -p hil_tests/arm64"
+    )
+    subprocess.run(ssh(script), check=True, timeout=3000)
+    subprocess.run(
+        ssh_target.scp_argv(
+            REPO / DIGESTS, f"{remote}/{sdist.name[:-7]}/hil_tests/arm64/"
+        ),
+        check=True,
+    )
+    out = subprocess.run(
+        ssh(f"cd {remote}/{sdist.name[:-7]} && ../venv/bin/python {DIGESTS}"),
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    problems = _compare(_host_digests(), json.loads(out.stdout))
+    assert not problems, "\n".join(problems[:30])
