@@ -55,10 +55,9 @@ from ground._metrics import DaemonMetrics
 log = logging.getLogger(__name__)
 
 _BATCH = 256
-# A batch also stops at this many received bytes: the bodies of a batch are
-# held until its journal fsync, so this bounds that memory whatever the
-# number of agents, at the price of one more fsync per 2 MiB.
-_BATCH_BYTES = 2 * 1024 * 1024
+# A batch also stops at this many received bytes, which bounds how long the
+# first update of a batch waits for its ACK (the journal fsync).
+_BATCH_BYTES = 8 * 1024 * 1024
 _POLL_CAP_S = 0.2  # longest poll, so stop() and deadlines are seen promptly
 # libzmq's own cap sits a little above the application's, so that a message
 # just over the cap reaches the decoder and is refused with a counted reason
@@ -357,7 +356,9 @@ class GroundDaemon:
 
     def _teardown(self) -> None:
         if self._sock is not None:
-            self._sock.close(linger=0)
+            # A clean stop lets the last ACKs out (an agent whose final ACK is
+            # lost would resend to a daemon that is gone), but never hangs.
+            self._sock.close(linger=max(self.config.transport.linger_ms, 1000))
             self._sock = None
         if self._auth is not None:
             self._auth.stop()
@@ -378,7 +379,6 @@ class GroundDaemon:
             wait_s = self.clock.wall_seconds(max(0.0, self._deadline_s - self._now_s()))
             if sock.poll(int(min(wait_s, _POLL_CAP_S) * 1000) + 1, zmq.POLLIN):
                 replies: list[tuple[bytes, bytes]] = []
-                rows: list[tuple[JournalRow, int]] = []
                 batch_bytes = 0
                 for _ in range(_BATCH):
                     if batch_bytes >= _BATCH_BYTES:
@@ -389,14 +389,14 @@ class GroundDaemon:
                         break
                     batch_bytes += sum(len(f) for f in frames)
                     try:
-                        self._handle(frames, replies, rows)
+                        self._handle(frames, replies)
                     except Exception:
                         # A bug met by one message must not take the ground
                         # down for every satellite: count it, log it, go on.
                         self.metrics.rejected.labels("internal_error").inc()
                         log.exception("internal error handling a message; dropped")
                 # Durable first, then the ACKs: the heart of "no ACKed update lost".
-                self._journal.append(rows)
+                self._journal.sync()
                 for identity, data in replies:
                     self._send(identity, data)
             self._maybe_close_round()
@@ -446,7 +446,7 @@ class GroundDaemon:
         )
         replies.append((identity, wire.encode(nack)))
 
-    def _handle(self, frames: list, replies: list, rows: list) -> None:
+    def _handle(self, frames: list, replies: list) -> None:
         identity = frames[0].bytes
         peer = identity.decode("utf-8", "replace")
         nbytes = sum(len(f) for f in frames[1:])
@@ -493,7 +493,7 @@ class GroundDaemon:
         self._peers[identity] = time.monotonic()
 
         if msg.type is wire.MessageType.UPDATE:
-            self._on_update(msg, identity, replies, rows)
+            self._on_update(msg, identity, replies)
         elif msg.type is wire.MessageType.HELLO:
             self._on_hello(msg, identity, replies)
         elif msg.type is wire.MessageType.HEARTBEAT:
@@ -561,9 +561,7 @@ class GroundDaemon:
             self._model_cache = (key, frame)
         return self._model_cache[1]
 
-    def _on_update(
-        self, msg: wire.Message, identity: bytes, replies: list, rows: list
-    ) -> None:
+    def _on_update(self, msg: wire.Message, identity: bytes, replies: list) -> None:
         of = (msg.sender, msg.round, msg.seq)
         if of in self._seen:
             self.metrics.updates_duplicate.inc()
@@ -632,15 +630,12 @@ class GroundDaemon:
         self.metrics.updates_accepted.inc()
         self.metrics.pending.set(self._round_count)
         self.metrics.model_version.set(self.session.version)
-        rows.append(
-            (
-                JournalRow(
-                    msg.sender, msg.round, msg.seq, num_samples, staleness,
-                    msg.body_bytes,
-                ),
-                self._round,
-            )
-        )  # fmt: skip
+        self._journal.write(
+            JournalRow(
+                msg.sender, msg.round, msg.seq, num_samples, staleness, msg.body_bytes
+            ),
+            self._round,
+        )
         self._reply(
             replies,
             identity,
@@ -659,6 +654,7 @@ class GroundDaemon:
             self._close_round("deadline passed")
 
     def _close_round(self, why: str) -> None:
+        self._journal.sync()  # the checkpoint must not get ahead of the journal
         now = self._now_s()
         n = self._round_count
         participants = len(self._round_agents)

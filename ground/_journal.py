@@ -95,6 +95,7 @@ class Journal:
         self._seen_path = self.dir / "seen.log"
         self._open: tuple[int, Any] | None = None
         self._keys: dict[int, list[list]] = {}  # epoch -> keys appended this run
+        self._dirty = False
         # Cut any torn tail now, so that new records follow intact ones.
         for path in [self._seen_path, *self.dir.glob("journal-*.log")]:
             _, good = _records(path)
@@ -113,7 +114,8 @@ class Journal:
 
     def close(self) -> None:
         if self._open is not None:
-            self._open[1].close()
+            self.sync()
+            os.close(self._open[1])
             self._open = None
 
     def seen(self) -> set[tuple[str, int, int]]:
@@ -127,29 +129,49 @@ class Journal:
             )
         return keys
 
+    def write(self, row: JournalRow, epoch: int) -> None:
+        """Append one record for ``epoch``; durable only after :meth:`sync`.
+
+        The record goes straight to the file with ``os.writev`` (header,
+        fields, body), so the body is not copied again and not held in
+        memory until the batch's fsync.
+        """
+        if self._open is None or self._open[0] != epoch:
+            self.sync()
+            self.close()
+            path = self._log(epoch)
+            new = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._open = (epoch, fd)
+            if new:
+                _fsync_dir(self.dir)
+        prefix = b"\x96" + b"".join(
+            msgpack.packb(v)
+            for v in (row.agent, row.round, row.seq, row.num_samples, row.staleness)
+        ) + _bin_header(len(row.body))  # fmt: skip
+        length = len(prefix) + len(row.body)
+        crc = zlib.crc32(row.body, zlib.crc32(prefix))
+        parts = [_HEADER.pack(length, crc), prefix, row.body]
+        total = _HEADER.size + length
+        done = os.writev(self._open[1], parts)
+        if done != total:  # a short write: finish it byte by byte
+            rest = b"".join(parts)[done:]
+            while rest:
+                rest = rest[os.write(self._open[1], rest) :]
+        self._dirty = True
+        self._keys.setdefault(epoch, []).append([row.agent, row.round, row.seq])
+
+    def sync(self) -> None:
+        """Make every record written so far durable (one fsync)."""
+        if self._dirty and self._open is not None:
+            os.fsync(self._open[1])
+        self._dirty = False
+
     def append(self, rows: list[tuple[JournalRow, int]]) -> None:
-        """Write and fsync ``(row, epoch)`` records: one fsync per epoch touched."""
-        by_epoch: dict[int, list[bytes]] = {}
-        for r, epoch in rows:
-            payload = msgpack.packb(
-                [r.agent, r.round, r.seq, r.num_samples, r.staleness, r.body],
-                use_bin_type=True,
-            )
-            by_epoch.setdefault(epoch, []).append(_frame(payload))
-            self._keys.setdefault(epoch, []).append([r.agent, r.round, r.seq])
-        for epoch, frames in by_epoch.items():
-            if self._open is None or self._open[0] != epoch:
-                self.close()
-                path = self._log(epoch)
-                new = not path.exists()
-                self._open = (epoch, open(path, "ab"))
-                if new:
-                    _fsync_dir(self.dir)
-            f = self._open[1]
-            for frame in frames:
-                f.write(frame)
-            f.flush()
-            os.fsync(f.fileno())
+        """Write ``(row, epoch)`` records and sync them."""
+        for row, epoch in rows:
+            self.write(row, epoch)
+        self.sync()
 
     def replay(self, epoch: int) -> Iterator[JournalRow]:
         """The records accepted in ``epoch``, in the order they were accepted."""
