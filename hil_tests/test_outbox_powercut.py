@@ -32,10 +32,11 @@ def _check_body(round_: int, body: bytes) -> bool:
 
 def _run_until_killed(db, seed, rng, py_env):
     """Start the writer, kill it after a random BEGIN; return its lines."""
+    err = open(db.with_suffix(".stderr"), "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hil_tests._outbox_writer", str(db), str(seed), "256"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=err,
         text=True,
         env=py_env,
     )
@@ -44,14 +45,19 @@ def _run_until_killed(db, seed, rng, py_env):
     while begins_to_wait:
         line = proc.stdout.readline()
         if not line:
-            raise AssertionError(f"writer died by itself: {proc.stderr.read()}")
+            err.seek(0)
+            raise AssertionError(f"writer died by itself: {err.read()}")
         lines.append(line.rstrip("\n"))
         begins_to_wait -= line.startswith("BEGIN")
     # Mostly inside the transaction (a 256 kB put with synchronous=FULL takes
     # a few ms), sometimes just after it.
     time.sleep(rng.choice([0.0, 0.0005, 0.001, 0.002, 0.004, 0.01]))
     proc.kill()
-    rest, _ = proc.communicate(timeout=30)
+    # Read through the same buffered reader: communicate() would read the
+    # pipe underneath it and miss the lines already buffered here.
+    rest = proc.stdout.read()
+    proc.wait(timeout=30)
+    err.close()
     assert proc.returncode == -9, f"writer exited {proc.returncode}, not by SIGKILL"
     lines += [x for x in rest.splitlines() if x]
     return lines
