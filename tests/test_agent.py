@@ -186,3 +186,37 @@ def test_make_trainer_and_compressor_name_bad_settings():
         make_compressor("sat-1", {"method": "topk", "sparsity": 2.0})
     client = make_compressor("sat-1", {"method": "topk", "sparsity": 0.9})
     assert client.config.sparsity == 0.9
+
+
+def test_orbit_section_drives_the_link_from_predicted_contacts(tmp_path, tle_dir):
+    from datetime import UTC, datetime
+
+    from agent._agent import make_link_up
+    from agent._clock import SimClock
+
+    lines = (tle_dir / "noaa_2022-02.txt").read_text().splitlines()
+    line1, line2 = lines[1].strip(), lines[2].strip()
+    svalbard = {"name": "svalbard", "lat_deg": 78.23, "lon_deg": 15.39,
+                "alt_km": 0.5, "min_elevation_deg": 5.0}  # fmt: skip
+    raw = agent_config(tmp_path, "noaa-1", "tcp://127.0.0.1:1")
+    raw["orbit"] = {"tle_line1": line1, "tle_line2": line2, "stations": [svalbard]}
+    config = parse_agent_config(raw, tmp_path)
+    start = datetime(2022, 2, 4, 12, 0, tzinfo=UTC)
+    predictor_link = make_link_up(config, SimClock(start, time.time(), 1.0))
+    assert predictor_link() in (True, False)
+
+    from agent._contacts import ContactPredictor
+    from agent._geo import Position
+    from agent._stations import GroundStation
+
+    station = GroundStation("svalbard", Position(78.23, 15.39, 0.5), 1.0, 1.0, 5.0)
+    windows = ContactPredictor(line1, line2, [station]).windows(start, 12.0)
+    assert len(windows) >= 3, "a polar orbiter passes Svalbard often in 12 h"
+    w0, w1 = windows[1], windows[2]  # whole windows, not one cut by `start`
+    inside = w0.start_time + (w0.end_time - w0.start_time) / 2
+    outside = w0.end_time + (w1.start_time - w0.end_time) / 2
+    assert w1.start_time > w0.end_time
+    # A clock frozen at each instant (speed-up ~0) asks the agent's link.
+    for when, expected in ((inside, True), (outside, False)):
+        frozen = SimClock(when, time.time(), 1e-9)
+        assert make_link_up(config, frozen)() is expected

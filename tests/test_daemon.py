@@ -370,3 +370,40 @@ def _wait(condition, timeout_s: float = T_WAIT_S) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def test_weighted_takes_the_weights_from_the_config(ctx, tmp_path):
+    d = start_daemon(
+        tmp_path,
+        rounds={"min_participants": 2, "deadline_s": 3600.0},
+        aggregation={"strategy": "weighted", "weights": {"a": 3.0, "b": 1.0}},
+    )
+    try:
+        Client(ctx, d.endpoint, "a").update(0, _delta(1.0), num_samples=1000)
+        Client(ctx, d.endpoint, "b").update(0, _delta(5.0), num_samples=1)
+        _wait(lambda: d.rounds_closed == 1)
+        np.testing.assert_allclose(d.model()["w"], (3 * 1 + 1 * 5) / 4, rtol=1e-6)
+        # An agent without a configured weight is refused by WEIGHTED.
+        nack = Client(ctx, d.endpoint, "c").update(1)
+        assert nack.body["reason"] == "weight"
+    finally:
+        d.stop()
+
+
+def test_fedbuff_steps_every_k_and_a_round_close_flushes_the_rest(ctx, tmp_path):
+    d = start_daemon(
+        tmp_path,
+        rounds={"min_participants": 3, "deadline_s": 3600.0},
+        aggregation={"strategy": "fedbuff", "buffer_size": 2},
+    )
+    try:
+        Client(ctx, d.endpoint, "a").update(0, _delta(2.0))
+        assert d.version == 0
+        Client(ctx, d.endpoint, "b").update(0, _delta(4.0))
+        assert d.version == 1  # K = 2 updates: one model step
+        np.testing.assert_allclose(d.model()["w"], 3.0, rtol=1e-6)
+        Client(ctx, d.endpoint, "c").update(0, _delta(6.0), base=1)
+        _wait(lambda: d.rounds_closed == 1)  # 3 arrived: the close flushes "c"
+        np.testing.assert_allclose(d.model()["w"], 9.0, rtol=1e-6)
+    finally:
+        d.stop()
