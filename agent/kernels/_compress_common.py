@@ -21,7 +21,7 @@ U64_MASK = (1 << 64) - 1
 # above the threshold (relative spread ~1/sqrt(256) = 6%, well inside the
 # accepted band), retry with a doubled sample, then fall back to exact top-k.
 SAMPLE_ABOVE = 256
-SAMPLE_BLOCK = 64
+SAMPLE_BLOCK = 16
 THRESHOLD_ATTEMPTS = 3
 
 # Delta-coded indices are bit-packed in blocks of this many, one width per block.

@@ -25,6 +25,7 @@ _KEY = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 _MASK = {np.dtype(np.float32): 0x7FFFFFFF, np.dtype(np.float64): 0x7FFFFFFFFFFFFFFF}
 _INF_KEY = {np.dtype(np.float32): 0x7F800000, np.dtype(np.float64): 0x7FF << 52}
 _F64_MIN_NORMAL_KEY = 1 << 52
+_F32_MIN_NORMAL_KEY = 0x00800000
 
 
 def _keys(x: np.ndarray) -> np.ndarray:
@@ -222,7 +223,11 @@ def _chunk_amax(a: np.ndarray, chunk: int) -> np.ndarray:
     n = a.size
     if n == 0:
         return np.zeros(0, a.dtype)
-    keymax = np.maximum.reduceat(_keys(a), np.arange(0, n, chunk))
+    key = _keys(a)
+    if a.dtype == np.float32:
+        # float32 subnormals quantize to 0 (see _codes_f32)
+        key = np.where(key >= _F32_MIN_NORMAL_KEY, key, np.uint32(0))
+    keymax = np.maximum.reduceat(key, np.arange(0, n, chunk))
     if a.dtype == np.float64:
         # A float64 chunk whose largest magnitude is subnormal quantizes to 0:
         # 1 / amax would overflow.  Its error is below 2.3e-308.
@@ -230,28 +235,69 @@ def _chunk_amax(a: np.ndarray, chunk: int) -> np.ndarray:
     return keymax.view(a.dtype)
 
 
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer (Appleby) on uint32 arrays."""
+    u = np.uint32
+    h = h ^ (h >> u(16))
+    h = h * u(0x85EBCA6B)
+    h = h ^ (h >> u(13))
+    h = h * u(0xC2B2AE35)
+    return h ^ (h >> u(16))
+
+
 def _uniform16(seed: int, n: int) -> np.ndarray:
-    """Draw i's 16-bit uniform: bits 16 (i % 4) of splitmix64(seed, i // 4)."""
-    z = _mix(seed, np.arange((n + 3) // 4, dtype=np.uint64))
-    parts = (z[:, None] >> np.array([0, 16, 32, 48], np.uint64)) & np.uint64(0xFFFF)
-    return parts.ravel()[:n]
+    """Element i's 16-bit uniform: half (i % 2) of fmix32 of pair i // 2."""
+    u = np.uint32
+    lo, hi = u(seed & 0xFFFFFFFF), u(seed >> 32)
+    pairs = np.arange((n + 1) // 2, dtype=np.uint32)
+    h = _fmix32((pairs * u(0x9E3779B9) + lo) ^ hi)
+    both = np.empty((pairs.size, 2), np.uint32)
+    both[:, 0] = h & u(0xFFFF)
+    both[:, 1] = h >> u(16)
+    return both.ravel()[:n]
 
 
 def _codes(a, amax, bits, chunk, stochastic, seed) -> np.ndarray:
     """Unpacked codes q + 2**(bits-1) in [1, 2**bits - 1], one per element."""
+    if a.dtype == np.float32:
+        return _codes_f32(a, amax, bits, chunk, stochastic, seed)
+    return _codes_f64(a, amax, bits, chunk, stochastic, seed)
+
+
+def _codes_f32(a, amax, bits, chunk, stochastic, seed) -> np.ndarray:
+    """float32 arithmetic.  Values below max(amax * 2**-26, smallest normal)
+    are zeroed first: their level rounds to 0 anyway, and the compiled kernel
+    then never feeds a subnormal to the FPU."""
+    n = a.size
+    levels, half = cc.quant_levels(bits)
+    f = np.float32
+    tiny = np.finfo(f).smallest_normal
+    lim = np.maximum(amax * f(1.0 / 67108864.0), tiny).astype(f)
+    xf = np.where(np.abs(a) >= np.repeat(lim, chunk)[:n], a, f(0))
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, f(1) / amax, f(0)).astype(f)
+    v = (xf * np.repeat(inv, chunk)[:n]) * f(levels)
+    if stochastic:
+        off = f(half) + _uniform16(seed, n).astype(f) * f(1.0 / 65536.0)
+    else:
+        off = f(half) + f(0.5)
+    t = np.clip(v + off, f(1), f(2 * half - 1))
+    return t.astype(np.int32).astype(np.uint8)
+
+
+def _codes_f64(a, amax, bits, chunk, stochastic, seed) -> np.ndarray:
+    """float64 arithmetic on float64 input."""
     n = a.size
     levels, half = cc.quant_levels(bits)
     with np.errstate(divide="ignore"):
-        inv = np.where(amax > 0, 1.0 / amax.astype(np.float64), 0.0)
-    xd = a.astype(np.float64)
-    if a.dtype == np.float64:
-        # Magnitudes 2**64 times below the chunk's largest round to code 0
-        # anyway; zeroing them first keeps subnormal products out of the FPU.
-        e = (_keys(a) >> np.uint64(52)).astype(np.int64)
-        emax = np.repeat(
-            (amax.view(np.uint64) >> np.uint64(52)).astype(np.int64), chunk
-        )
-        xd[(e == 0) | (e + 64 < emax[:n])] = 0.0
+        inv = np.where(amax > 0, 1.0 / amax, 0.0)
+    xd = a.copy()
+    # Magnitudes 2**64 times below the chunk's largest round to code 0 anyway;
+    # zeroing them (and subnormals) first keeps subnormal products out of the
+    # FPU.
+    e = (_keys(a) >> np.uint64(52)).astype(np.int64)
+    emax = np.repeat((amax.view(np.uint64) >> np.uint64(52)).astype(np.int64), chunk)
+    xd[(e == 0) | (e + 64 < emax[:n])] = 0.0
     v = (xd * np.repeat(inv, chunk)[:n]) * float(levels)
     if stochastic:
         off = half + _uniform16(seed, n).astype(np.float64) * (1.0 / 65536.0)
