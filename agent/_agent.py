@@ -158,6 +158,7 @@ class Agent:
         self._weights: dict[str, np.ndarray] | None = None
         self._retry_at: dict[tuple[int, int], float] = {}
         self._next_hello = 0.0
+        self._next_expiry = 0.0
         self._hellos_unanswered = 0
         self._last_heard = time.monotonic()
         self._transport: DealerTransport | None = None
@@ -232,8 +233,12 @@ class Agent:
         return self.clock.now().timestamp()
 
     def _turn(self) -> None:
-        for r, s in self.outbox.expire(self._now_s()):
-            log.warning("%s: update (round %d, seq %d) expired unsent", self.id, r, s)
+        if time.monotonic() >= self._next_expiry:
+            self._next_expiry = time.monotonic() + 1.0
+            for r, s in self.outbox.expire(self._now_s()):
+                log.warning(
+                    "%s: update (round %d, seq %d) expired unsent", self.id, r, s
+                )
         if not self.link_up():
             self._stop.wait(self.config.link_poll_s)
             return
@@ -266,21 +271,25 @@ class Agent:
 
     def _send_due(self) -> None:
         now = time.monotonic()
-        for entry in self.outbox.pending():
-            key = (entry.round, entry.seq)
+        waiting = self.outbox.waiting()
+        # Forget retry times of entries gone without an answer (expired, or
+        # dropped from a full outbox), or the loop would wait on them.
+        keys = {(r, s) for r, s, _, _ in waiting}
+        for key in [k for k in self._retry_at if k not in keys]:
+            del self._retry_at[key]
+        for rnd, seq, kind, attempts in waiting:
+            key = (rnd, seq)
             if self._retry_at.get(key, 0.0) > now:
                 continue
+            body = self.outbox.body(rnd, seq)
+            if body is None:
+                continue
             data = wire.encode_envelope(
-                wire.MessageType(entry.kind),
-                self.id,
-                entry.round,
-                entry.seq,
-                self._now_s(),
-                entry.body,
+                wire.MessageType(kind), self.id, rnd, seq, self._now_s(), body
             )
             sent = self._transport.send(data)
-            self.outbox.mark_sent(entry.round, entry.seq, self._now_s())
-            self._retry_at[key] = now + self.backoff.delay_s(entry.attempts)
+            self.outbox.mark_sent(rnd, seq, self._now_s())
+            self._retry_at[key] = now + self.backoff.delay_s(attempts)
             if sent:
                 log.debug("%s: sent update %s (%d bytes)", self.id, key, len(data))
 

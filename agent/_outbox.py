@@ -241,6 +241,23 @@ class Outbox:
             ).fetchall()
         return [Entry(*row) for row in rows]
 
+    def waiting(self) -> list[tuple[int, int, int, int]]:
+        """``(round, seq, kind, attempts)`` of every entry, oldest round first.
+
+        Cheaper than :meth:`pending` (no bodies), for the agent's send loop.
+        """
+        with self._lock:
+            return self._db.execute(
+                "SELECT round, seq, kind, attempts FROM entries ORDER BY round, seq"
+            ).fetchall()
+
+    def body(self, round: int, seq: int) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM entries WHERE round = ? AND seq = ?", (round, seq)
+            ).fetchone()
+        return None if row is None else row[0]
+
     def rounds(self) -> set[int]:
         with self._lock:
             rows = self._db.execute("SELECT DISTINCT round FROM entries").fetchall()

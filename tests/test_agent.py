@@ -220,3 +220,24 @@ def test_orbit_section_drives_the_link_from_predicted_contacts(tmp_path, tle_dir
     for when, expected in ((inside, True), (outside, False)):
         frozen = SimClock(when, time.time(), 1e-9)
         assert make_link_up(config, frozen)() is expected
+
+
+def test_update_held_past_its_expiry_is_dropped_and_logged(tmp_path, caplog):
+    d = _daemon(tmp_path, rounds={"min_participants": 1, "deadline_s": 3600})
+    link = threading.Event()
+    link.set()
+    raw = agent_config(tmp_path, "sat-1", d.endpoint, outbox={"expiry_s": 0.5})
+    trainer = LinkCutDuringTraining("sat-1", link)
+    agent = Agent(parse_agent_config(raw, tmp_path), trainer=trainer,
+                  link_up=link.is_set)  # fmt: skip
+    try:
+        with caplog.at_level("WARNING", logger="agent._agent"):
+            agent.start()
+            _wait(lambda: trainer.calls == 1)
+            _wait(lambda: agent.outbox.counters()["expired"] == 1, timeout_s=5.0)
+            _wait(lambda: any("expired" in r.getMessage() for r in caplog.records))
+        assert len(agent.outbox) == 0
+        assert d.metrics.value("orbitfl_updates_accepted_total") == 0
+    finally:
+        agent.stop()
+        d.stop()
