@@ -407,3 +407,79 @@ def test_fedbuff_steps_every_k_and_a_round_close_flushes_the_rest(ctx, tmp_path)
         np.testing.assert_allclose(d.model()["w"], 9.0, rtol=1e-6)
     finally:
         d.stop()
+
+
+def _compressed_wire(seed: int = 0) -> dict:
+    from agent._compression import CompressionConfig, FederatedClient
+
+    client = FederatedClient(
+        "sat-1", CompressionConfig.from_dict({"method": "topk", "sparsity": 0.5})
+    )
+    grad = {
+        "w": np.arange(1, DIM + 1, dtype=np.float32),
+        "b": np.ones(1, np.float32),
+    }
+    wire_form = client.compress(grad, round_index=0).to_wire()
+    # Make every memoryview plain bytes, so a test can edit them.
+    for t in wire_form["tensors"]:
+        for key, value in t.items():
+            if isinstance(value, list) and len(value) == 3:
+                t[key] = [value[0], value[1], bytes(value[2])]
+    return wire_form
+
+
+def _send_compressed(client: Client, wire_form: dict) -> w.Message:
+    client.seq += 1
+    msg = w.update(
+        client.id, 0, client.seq, 0.0, base_version=0, num_samples=5, update=wire_form
+    )
+    client.send(w.encode(msg))
+    return client.recv()
+
+
+def test_compressed_update_is_accepted_and_scatter_added(ctx, tmp_path):
+    d = start_daemon(tmp_path, rounds={"min_participants": 1, "deadline_s": 3600.0})
+    try:
+        reply = _send_compressed(Client(ctx, d.endpoint, "sat-1"), _compressed_wire())
+        assert reply.type is w.MessageType.ACK
+        _wait(lambda: d.rounds_closed == 1)
+        # top 50% of 1..8 is 5..8; b's single element is kept.
+        expected = np.where(np.arange(1, DIM + 1) > DIM // 2, np.arange(1, DIM + 1), 0)
+        np.testing.assert_array_equal(d.model()["w"], expected.astype(np.float32))
+        np.testing.assert_array_equal(d.model()["b"], [1.0])
+    finally:
+        d.stop()
+
+
+def test_compressed_update_with_indices_beyond_its_shape_is_nacked(ctx, daemon):
+    bad = _compressed_wire()
+    bad["tensors"][0]["shape"] = [3]  # the kept indices reach 7
+    reply = _send_compressed(Client(ctx, daemon.endpoint, "sat-1"), bad)
+    assert reply.type is w.MessageType.NACK
+    assert reply.body["reason"] in ("bad_update", "index_range"), reply.body
+    assert_still_serves(ctx, daemon)
+
+
+def test_compressed_update_with_nan_values_is_nacked(ctx, daemon):
+    bad = _compressed_wire()
+    values = bad["tensors"][0]["values"]
+    values[2] = np.full(values[1][0], np.nan, np.float32).tobytes()
+    reply = _send_compressed(Client(ctx, daemon.endpoint, "sat-1"), bad)
+    assert reply.type is w.MessageType.NACK
+    assert reply.body["reason"] in ("bad_update", "nonfinite"), reply.body
+    assert daemon.metrics.value("orbitfl_updates_accepted_total") == 0
+    assert_still_serves(ctx, daemon)
+
+
+def test_compressed_update_for_a_different_model_shape_is_nacked(ctx, daemon):
+    from agent._compression import CompressionConfig, FederatedClient
+
+    client = FederatedClient(
+        "sat-1", CompressionConfig.from_dict({"method": "topk", "sparsity": 0.5})
+    )
+    other = client.compress(
+        {"w": np.ones(DIM * 2, np.float32), "b": np.ones(1, np.float32)}
+    ).to_wire()
+    reply = _send_compressed(Client(ctx, daemon.endpoint, "sat-1"), other)
+    assert reply.body["reason"] == "shape", reply.body
+    assert_still_serves(ctx, daemon)
