@@ -89,6 +89,9 @@ class DemoAgent:
         self.outbox = Outbox(config["outbox"])
         self.model: dict[str, np.ndarray] | None = None
         self.model_version = -1
+        # The ground's round the held model was handed out in; an UPDATE is
+        # filed under it (the daemon refuses updates for a round not yet open).
+        self.model_round = -1
         self.seq = 0
         self.stopping = False
         self.trained_version = -1
@@ -150,6 +153,8 @@ class DemoAgent:
             return
         if message.type is W.MessageType.MODEL:
             version = int(message.body["version"])
+            if version >= self.model_version:
+                self.model_round = max(self.model_round, message.round)
             if version > self.model_version:
                 self.model = {
                     k: np.array(v, dtype=np.float32)
@@ -166,8 +171,8 @@ class DemoAgent:
         elif message.type is W.MessageType.NACK:
             _, rnd, seq = message.body["of"]
             reason = message.body["reason"]
-            # A refused update is dropped for good, except one the ground was
-            # too busy or too early for; the demo's ground NACKs only stale ones.
+            # A refused update is dropped for good: the ground NACKs an update
+            # it will never take (too stale, a closed round, malformed).
             if self.outbox.nack(rnd, seq):
                 self.events.write("nack", round=rnd, seq=seq, reason=reason)
             logger.info("%s: update %d/%d refused: %s", self.id, rnd, seq, reason)
@@ -192,7 +197,7 @@ class DemoAgent:
             **self.compressor.encode(result.delta, self.model_version),
         )
         seq, dropped = self.outbox.put(
-            self.model_version,
+            self.model_round,
             int(W.MessageType.UPDATE),
             W.encode_body(W.MessageType.UPDATE, body),
             self.clock.elapsed_s(),
@@ -200,7 +205,8 @@ class DemoAgent:
         self.trained_version = self.model_version
         self.events.write(
             "trained",
-            round=self.model_version,
+            round=self.model_round,
+            version=self.model_version,
             seq=seq,
             loss=result.metrics.get("loss"),
             dropped=len(dropped),
@@ -224,6 +230,7 @@ class DemoAgent:
                 self._next_seq(),
                 self.clock.elapsed_s(),
                 model_version=self.model_version,
+                round=self.model_round,
             )
         )
         self._send_pending(window)

@@ -1,25 +1,30 @@
 """The demo launcher: federated training across a constellation, end to end.
 
 ``run_demo(options)`` prepares a run in ``options.out`` and then starts, as
-separate processes, the ground aggregator (``ground._demo_ground``) and one
-agent per satellite (``agent._demo_agent``).  All of them compute the same
-simulated time from one ``SimClock`` (600x by default), so a day of orbits
-passes in a few minutes.  Per run the launcher:
+separate processes, the ground aggregator daemon (``python -m ground serve``,
+``ground._daemon``, with a generated ``ground.toml``) and one agent per
+satellite (``agent._demo_agent``).  All of them compute the same simulated
+time from one ``SimClock`` (600x by default), so a day of orbits passes in a
+few minutes.  Per run the launcher:
 
 1. splits the data (``ground._data``) into per-satellite shards and a ground
    test split;
 2. makes the orbits (a Walker constellation with its epoch at the start of
    the run, or the user's TLEs starting at their epoch) and the station list;
-3. makes CURVE key pairs for the ground and every agent, and an allowlist
-   directory with the agents' public keys;
-4. starts the processes, shows progress, stops them at the end of the
-   simulated span, and reads their event logs and outboxes into a
-   ``RunSummary`` (``ground._report``).
+3. makes CURVE key pairs for the daemon, every agent and a ground-side
+   observer, and the daemon's allowlist directory of the public keys;
+4. starts the processes; while they run, the observer asks the daemon for
+   the current model like an agent that holds none, scores each new version
+   on the test split and feeds the progress line;
+5. stops them at the end of the simulated span and reads the agents' event
+   logs and outboxes and the daemon's journal into a ``RunSummary``
+   (``ground._report``).
 
 With ``compare`` it repeats the run as the dense synchronous FedAvg baseline
 on the same orbits, stations and data.
 """
 
+import bisect
 import json
 import logging
 import os
@@ -87,6 +92,14 @@ WALKER_INCLINATION_DEG = 97.6
 STRATEGIES = ("fedbuff", "fedasync", "fedavg")
 
 # The main run's update compression (agent._compression); None sends dense.
+OBSERVER_ID = "ground-observer"
+# Round deadline, simulated seconds: a synchronous round waits this long for a
+# satellite that has gone quiet; for FEDBUFF/FEDASYNC it is the checkpoint
+# period.
+ROUND_DEADLINE_S = 4 * 3600.0
+GROUND_START_TIMEOUT_S = 30.0
+POLL_S = 0.3
+
 DEFAULT_COMPRESSION: dict[str, Any] | None = {
     "method": "topk_quantize",
     "sparsity": 0.97,
@@ -112,11 +125,11 @@ class DemoOptions:
     speedup: float = 600.0
     seed: int = 0
     alpha: float = 0.5
-    hidden: tuple[int, ...] = (128,)
-    local_steps: int = 40
+    hidden: tuple[int, ...] = (256,)
+    local_steps: int = 100
     lr: float = 0.1
     batch_size: int = 32
-    buffer_size: int = 4
+    buffer_size: int = 2
     compression: dict[str, Any] | None = field(default_factory=lambda: None)
     curve: bool = True
     startup_s: float = 4.0
@@ -258,129 +271,240 @@ def _write_json(path: Path, obj: Any) -> Path:
     return path
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
+    """Write flat tables of scalars and lists (all ``ground.toml`` needs)."""
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+class Observer:
+    """A ground-side client that fetches the global model to score it.
+
+    It speaks to the daemon like an agent that holds no model (a HELLO with
+    version -1, answered with the current MODEL) under its own CURVE key, and
+    never sends an update, so it cannot change the training.  Each new
+    version is scored on the ground's test split.
+    """
+
+    def __init__(self, endpoint, curve, clock: SimClock, X_test, y_test) -> None:
+        from agent._transport import DealerTransport
+
+        self.transport = DealerTransport(endpoint, OBSERVER_ID, curve=curve)
+        self.clock = clock
+        self.X_test, self.y_test = X_test, y_test
+        self.seq = 0
+        # (simulated s, model version, round, test accuracy)
+        self.curve: list[tuple[float, int, int, float]] = []
+
+    def poll(self, wait_s: float = 0.3) -> None:
+        from agent._mlp import evaluate
+
+        self.seq += 1
+        self.transport.send(
+            W.encode(W.hello(OBSERVER_ID, self.seq, self.clock.now().timestamp()))
+        )
+        deadline = time.time() + wait_s
+        while time.time() < deadline:
+            data = self.transport.recv(deadline - time.time())
+            if data is None:
+                return
+            try:
+                message = W.decode(data)
+            except W.WireError:
+                continue
+            if message.type is not W.MessageType.MODEL:
+                continue
+            version = int(message.body["version"])
+            if self.curve and self.curve[-1][1] == version:
+                return
+            accuracy = evaluate(message.body["weights"], self.X_test, self.y_test)
+            self.curve.append(
+                (max(0.0, self.clock.elapsed_s()), version, message.round, accuracy)
+            )
+            return
+
+    def close(self) -> None:
+        self.transport.close()
+
+
 def _launch(run: _Run, progress: Callable[[float, dict | None], None] | None):
-    """Start ground and agents, wait for the span to pass, stop them."""
+    """Start the daemon and the agents, follow the run, stop them at its end."""
+    from agent._keys import load_public, load_secret
+    from agent._transport import CurveClientKeys
+
     o = run.options
     d = run.dir
-    for sub in ("keys", "allow", "config", "events", "outbox", "logs"):
+    for sub in ("keys", "allow", "config", "events", "outbox", "logs", "state"):
         (d / sub).mkdir(parents=True, exist_ok=True)
 
-    curve_ground = None
     if o.curve:
         make_keypair(d / "keys", "ground")
-        curve_ground = {
-            "secret": str(d / "keys" / "ground.key_secret"),
-            "allow_dir": str(d / "allow"),
-        }
-        for sat in run.sat_ids:
-            public, _ = make_keypair(d / "keys", sat)
+        for name in [*run.sat_ids, OBSERVER_ID]:
+            public, _ = make_keypair(d / "keys", name)
             (d / "allow" / public.name).write_bytes(public.read_bytes())
+
+    def client_keys(name: str) -> CurveClientKeys | None:
+        if not o.curve:
+            return None
+        public, secret = load_secret(d / "keys" / f"{name}.key_secret")
+        return CurveClientKeys(public, secret, load_public(d / "keys" / "ground.key"))
 
     end_sim_s = o.sim_hours * 3600.0
     clock = SimClock(run.epoch, time.time() + o.startup_s, o.speedup)
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    test_path = d / "ground_test.npz"
-    np.savez(test_path, X=run.data.X_test, y=run.data.y_test)
-    aggregator: dict[str, Any] = {}
+    model0 = d / "model0.npz"
+    np.savez(
+        model0,
+        **init_weights(run.data.input_dim, o.hidden, run.data.num_classes, o.seed),
+    )
+    aggregation: dict[str, Any] = {"strategy": run.strategy}
     if run.strategy == "fedbuff":
-        aggregator = {"buffer_size": o.buffer_size, "staleness_a": 0.5}
+        aggregation.update(buffer_size=o.buffer_size, staleness_a=0.5)
     elif run.strategy == "fedasync":
-        aggregator = {"mixing": 0.5, "staleness_a": 0.5}
-    ground_cfg = {
-        "bind": endpoint,
-        "curve": curve_ground,
-        "clock": clock.to_dict(),
-        "strategy": run.strategy,
-        "aggregator": aggregator,
-        "model": {
-            "input_dim": run.data.input_dim,
-            "hidden": list(o.hidden),
-            "num_classes": run.data.num_classes,
-            "seed": o.seed,
+        aggregation.update(mixing=0.5, staleness_a=0.5)
+    ground_toml = write_toml(
+        d / "config" / "ground.toml",
+        {
+            "ground": {
+                "bind": endpoint,
+                "state_dir": str(d / "state"),
+                "endpoint_file": str(d / "ground.endpoint"),
+            },
+            "security": {
+                "curve": o.curve,
+                "secret_key": str(d / "keys" / "ground.key_secret"),
+                "allowlist_dir": str(d / "allow"),
+            },
+            "rounds": {
+                "min_participants": 1,
+                "expected_agents": run.sat_ids,
+                "deadline_s": ROUND_DEADLINE_S,
+            },
+            "aggregation": aggregation,
+            "model": {"npz": str(model0)},
+            "metrics": {"enabled": True, "port": 0},
+            "clock": {
+                "sim_epoch": clock.sim_epoch.isoformat(),
+                "wall_start": clock.wall_start,
+                "speedup": clock.speedup,
+            },
         },
-        "satellites": run.sat_ids,
-        "round_deadline_s": 4 * 3600.0,
-        "test_data": str(test_path),
-        "events": str(d / "events" / "ground.jsonl"),
-        "ready_file": str(d / "ground.ready"),
-        "log_level": o.log_level,
-    }
+    )
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     procs: dict[str, subprocess.Popen] = {}
 
-    def spawn(name: str, module: str, cfg: dict) -> subprocess.Popen:
-        path = _write_json(d / "config" / f"{name}.json", cfg)
+    def spawn(name: str, argv: list[str]) -> subprocess.Popen:
         log = open(d / "logs" / f"{name}.log", "w")
         return subprocess.Popen(
-            [sys.executable, "-m", module, str(path)],
+            [sys.executable, *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )
 
-    procs["ground"] = spawn("ground", "ground._demo_ground", ground_cfg)
+    procs["ground"] = spawn(
+        "ground",
+        ["-m", "ground", "--log-level", o.log_level, "serve", "--config",
+         str(ground_toml)],
+    )  # fmt: skip
     for sat, tle, shard in zip(
         run.sat_ids, run.tles, run.data.shard_paths, strict=True
     ):
-        procs[sat] = spawn(
-            sat,
-            "agent._demo_agent",
-            {
-                "id": sat,
-                "endpoint": endpoint,
-                "curve": None
-                if not o.curve
-                else {
-                    "secret": str(d / "keys" / f"{sat}.key_secret"),
-                    "server_public": str(d / "keys" / "ground.key"),
-                },
-                "clock": clock.to_dict(),
-                "end_sim_s": end_sim_s,
-                "tle": list(tle),
-                "stations": [station_to_dict(s) for s in run.stations],
-                "trainer": {
-                    "kind": "mlp",
-                    "data": str(shard),
-                    "hidden": list(o.hidden),
-                    "local_steps": o.local_steps,
-                    "lr": o.lr,
-                    "batch_size": o.batch_size,
-                    "seed": o.seed,
-                    "num_classes": run.data.num_classes,
-                },
-                "compression": run.compression,
-                "outbox": str(d / "outbox" / f"{sat}.sqlite"),
-                "events": str(d / "events" / f"{sat}.jsonl"),
-                "log_level": o.log_level,
+        config = {
+            "id": sat,
+            "endpoint": endpoint,
+            "curve": None
+            if not o.curve
+            else {
+                "secret": str(d / "keys" / f"{sat}.key_secret"),
+                "server_public": str(d / "keys" / "ground.key"),
             },
-        )
+            "clock": clock.to_dict(),
+            "end_sim_s": end_sim_s,
+            "tle": list(tle),
+            "stations": [station_to_dict(s) for s in run.stations],
+            "trainer": {
+                "kind": "mlp",
+                "data": str(shard),
+                "hidden": list(o.hidden),
+                "local_steps": o.local_steps,
+                "lr": o.lr,
+                "batch_size": o.batch_size,
+                "seed": o.seed,
+                "num_classes": run.data.num_classes,
+            },
+            "compression": run.compression,
+            "outbox": str(d / "outbox" / f"{sat}.sqlite"),
+            "events": str(d / "events" / f"{sat}.jsonl"),
+            "log_level": o.log_level,
+        }
+        path = _write_json(d / "config" / f"{sat}.json", config)
+        procs[sat] = spawn(sat, ["-m", "agent._demo_agent", str(path)])
     _write_json(d / "pids.json", {name: p.pid for name, p in procs.items()})
 
-    ground_events = d / "events" / "ground.jsonl"
+    observer = None
     wall_started = time.time()
     try:
+        while not (d / "ground.endpoint").exists():
+            if procs["ground"].poll() is not None:
+                break
+            if time.time() - wall_started > GROUND_START_TIMEOUT_S:
+                raise DemoError(
+                    f"the ground daemon did not bind {endpoint} within "
+                    f"{GROUND_START_TIMEOUT_S:.0f} s; see {d / 'logs' / 'ground.log'}"
+                )
+            time.sleep(0.05)
+        observer = Observer(
+            endpoint,
+            client_keys(OBSERVER_ID),
+            clock,
+            run.data.X_test,
+            run.data.y_test,
+        )
         while True:
             ground_rc = procs["ground"].poll()
             if ground_rc is not None:
                 raise DemoError(
-                    f"the ground process exited with code {ground_rc}; see "
+                    f"the ground daemon exited with code {ground_rc}; see "
                     f"{d / 'logs' / 'ground.log'}"
                 )
+            observer.poll()
             elapsed = max(0.0, clock.elapsed_s())
             if progress is not None:
-                models = [
-                    e for e in _read_events(ground_events) if e["event"] == "model"
-                ]
-                progress(min(elapsed, end_sim_s), models[-1] if models else None)
+                last = observer.curve[-1] if observer.curve else None
+                progress(
+                    min(elapsed, end_sim_s),
+                    None if last is None else {"version": last[1], "accuracy": last[3]},
+                )
             if elapsed >= end_sim_s:
                 break
-            time.sleep(0.5)
+            time.sleep(POLL_S)
     finally:
+        if observer is not None:
+            observer.close()
         exit_codes = _stop_all(procs)
-    return clock, end_sim_s, exit_codes, time.time() - wall_started
+    curve = observer.curve if observer is not None else []
+    return curve, end_sim_s, exit_codes, time.time() - wall_started
 
 
 def _stop_all(procs: dict[str, subprocess.Popen], timeout_s: float = 10.0):
@@ -404,10 +528,15 @@ def _stop_all(procs: dict[str, subprocess.Popen], timeout_s: float = 10.0):
 
 
 def _summarise(
-    run: _Run, clock: SimClock, end_sim_s: float, exit_codes: dict, wall_s: float
+    run: _Run,
+    curve: list[tuple[float, int, int, float]],
+    end_sim_s: float,
+    exit_codes: dict,
+    wall_s: float,
 ) -> RunSummary:
+    from ground._journal import Journal
+
     d = run.dir
-    ground = _read_events(d / "events" / "ground.jsonl")
     agents = {sat: _read_events(d / "events" / f"{sat}.jsonl") for sat in run.sat_ids}
     summary = RunSummary(
         label=run.label,
@@ -417,23 +546,13 @@ def _summarise(
         sim_hours=end_sim_s / 3600.0,
         wall_s=wall_s,
     )
-    models = [e for e in ground if e["event"] == "model"]
-    summary.accuracy_curve = [
-        (e["t_sim_s"] / 3600.0 if e["why"] != "start" else 0.0, e["accuracy"],
-         e["version"])
-        for e in models
-    ]  # fmt: skip
-    summary.rounds = models[-1]["version"] if models else 0
-    summary.bytes_per_round = [e["round_bytes"] for e in models if e["why"] != "start"]
-    accepted = {
-        (e["sender"], e["round"], e["seq"])
-        for e in ground
-        if e["event"] == "update" and e["accepted"]
-    }
+    summary.accuracy_curve = [(t / 3600.0, acc, v) for t, v, _, acc in curve]
+    summary.rounds = curve[-1][1] if curve else 0
+    # What the daemon journaled, i.e. accepted durably before it ACKed.
+    journal = Journal(d / "state")
+    accepted = journal.seen()
+    journal.close()
     summary.updates_aggregated = len(accepted)
-    summary.extra["updates_rejected"] = sum(
-        1 for e in ground if e["event"] == "update" and not e["accepted"]
-    )
 
     sent_ids, acked_ids, nacked_ids, held_ids = set(), set(), set(), set()
     sends = 0
@@ -493,6 +612,15 @@ def _summarise(
         )
         for i, w in enumerate(windows)
     ]
+    # Bytes the satellites sent while each model version was current.
+    steps_s = [t for t, _, _, _ in curve[1:]]
+    summary.bytes_per_round = [0] * (len(steps_s) + 1)
+    for events in agents.values():
+        for e in events:
+            if e["event"] == "sent":
+                summary.bytes_per_round[bisect.bisect_left(steps_s, e["t_sim_s"])] += e[
+                    "bytes"
+                ]
     summary.extra.update(
         {
             "updates_held_in_outboxes": len(held_ids),
@@ -592,8 +720,8 @@ def run_demo(
             if progress_factory
             else None
         )
-        clock, end_sim_s, codes, wall_s = _launch(run, progress)
-        summaries.append(_summarise(run, clock, end_sim_s, codes, wall_s))
+        curve, end_sim_s, codes, wall_s = _launch(run, progress)
+        summaries.append(_summarise(run, curve, end_sim_s, codes, wall_s))
     return summaries, settings_of(options, stations, data)
 
 

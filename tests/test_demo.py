@@ -76,22 +76,18 @@ def test_short_demo_learns_and_loses_no_update(tmp_path):
 def test_kill_9_of_one_agent_is_counted_and_nothing_hangs(tmp_path):
     proc = _demo(["--out", str(tmp_path), "--agents", "4", "--hours", "4"])
     pids_path = tmp_path / "run-orbitfl" / "pids.json"
-    ground_events = tmp_path / "run-orbitfl" / "events" / "ground.jsonl"
+    events = tmp_path / "run-orbitfl" / "events"
     deadline = time.time() + 60
     victim = None
     while time.time() < deadline and proc.poll() is None:
-        # Kill once the run is under way: the first model step is done.
-        if pids_path.exists() and ground_events.exists():
-            steps = [
-                json.loads(x)
-                for x in ground_events.read_text().splitlines()
-                if '"step"' in x
-            ]
-            if steps:
-                pids = json.loads(pids_path.read_text())
-                victim = sorted(k for k in pids if k != "ground")[1]
-                os.kill(pids[victim], signal.SIGKILL)
-                break
+        # Kill once the run is under way: the daemon has ACKed an update.
+        if pids_path.exists() and any(
+            '"ack"' in p.read_text() for p in events.glob("*.jsonl")
+        ):
+            pids = json.loads(pids_path.read_text())
+            victim = sorted(k for k in pids if k != "ground")[1]
+            os.kill(pids[victim], signal.SIGKILL)
+            break
         time.sleep(0.2)
     assert victim is not None, "the run never got under way"
     code, out, err = _finish(proc, 120)
