@@ -183,7 +183,6 @@ class AgentConfig:
     server_key: Path | None = None
     transport: TransportOptions = field(default_factory=TransportOptions)
     limits: Limits = field(default_factory=Limits)
-    retry: Backoff | None = None
     retry_settings: dict[str, float] = field(default_factory=dict)
     hello_interval_s: float = 5.0
     reconnect_after_s: float = 60.0

@@ -2,8 +2,8 @@
 
 One thread owns the socket and the aggregation session.  It drains up to
 ``_BATCH`` waiting messages, handles each (decode, authenticate the sender,
-dedupe, validate, ``session.submit``), commits the accepted updates to the
-journal in one transaction, and only then sends the ACKs, so that an ACK
+dedupe, validate, ``session.submit``, append to the journal), fsyncs the
+journal once for the batch, and only then sends the ACKs, so that an ACK
 always names an update that a ``kill -9`` cannot take away.  Between batches
 it closes the round when the rule says so:
 
