@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "WindowFlag": "agent._contacts",
     "find_windows": "agent._contacts",
     "load_elements": "agent._tle",
+    "write_tles": "agent._tle",
     "TLEError": "agent._tle",
     "SatelliteStatus": "agent._contacts",
     # gradient compression (issue 2)

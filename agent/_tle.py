@@ -12,6 +12,7 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,6 +118,22 @@ def format_tle(
     line1 += str(tle_checksum(line1))
     line2 += str(tle_checksum(line2))
     return line1, line2
+
+
+def write_tles(path: str | Path, tles: Sequence[tuple[str, str, str]]) -> None:
+    """Write ``(name, line1, line2)`` triples as a three-line (CelesTrak) file.
+
+    Every pair is validated first; nothing is written if one is bad.
+    """
+    problems = [
+        f"{name!r}: {problem}"
+        for name, line1, line2 in tles
+        for problem in validate_tle(line1, line2)
+    ]
+    if problems:
+        raise TLEError(problems)
+    text = "".join(f"{name}\n{line1}\n{line2}\n" for name, line1, line2 in tles)
+    Path(path).write_text(text, encoding="ascii")
 
 
 # -- reading and validation ----------------------------------------------------

@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "UpdateRejected": "ground._aggregate_updates",
     # pass prediction and sync scheduling (issue 4)
     "walker_tles": "agent._walker",
+    "write_tles": "agent._tle",
     "GroundStation": "agent._stations",
     "ContactWindow": "agent._contacts",
     "WindowFlag": "agent._contacts",

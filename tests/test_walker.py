@@ -7,7 +7,7 @@ import pytest
 from sgp4.api import Satrec
 
 from agent._orbit import propagate_teme
-from agent._tle import validate_tle
+from agent._tle import TLEError, load_elements, validate_tle, write_tles
 from agent._walker import walker_tles
 
 EPOCH = datetime(2025, 6, 1, 6, 0, tzinfo=UTC)
@@ -96,3 +96,18 @@ def test_invalid_constellations_name_every_problem():
         walker_tles(4, 5, 0, 500.0, 50.0, EPOCH, first_catalog_number=99990)
     with pytest.raises(ValueError, match="epoch year 2070"):
         walker_tles(1, 1, 0, 500.0, 50.0, datetime(2070, 1, 1, tzinfo=UTC))
+
+
+def test_a_constellation_written_to_a_file_loads_back(tmp_path):
+    tles = walker_tles(3, 4, 1, 800.0, 70.0, EPOCH, pattern="star")
+    path = tmp_path / "walker.tle"
+    write_tles(path, tles)
+    load = load_elements(path)
+    assert load.problems == []
+    assert [(e.name, e.line1, e.line2) for e in load.entries] == tles
+    bad = [(tles[0][0], tles[0][1][:68] + "0", tles[0][2])]
+    if tles[0][1][68] == "0":
+        bad = [(tles[0][0], tles[0][1][:68] + "1", tles[0][2])]
+    with pytest.raises(TLEError, match="checksum"):
+        write_tles(tmp_path / "bad.tle", bad)
+    assert not (tmp_path / "bad.tle").exists()
