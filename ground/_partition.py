@@ -580,6 +580,14 @@ class _Instance:
             self.sink_transfer[sink] = 0.0
             self.sink_busy[sink] = 0.0
 
+        # the cheapest cut strictly after b, over all ordered node pairs
+        per_cut_t = self.transfer[:N].min(axis=(0, 1))
+        per_cut_b = self.busy[:N].min(axis=(0, 1))
+        self.tau_transfer = np.full(L + 1, np.inf)
+        self.tau_busy = np.full(L + 1, np.inf)
+        for b in range(L - 2, -1, -1):
+            self.tau_transfer[b] = min(self.tau_transfer[b + 1], per_cut_t[b + 1])
+            self.tau_busy[b] = min(self.tau_busy[b + 1], per_cut_b[b + 1])
         self.classes = self._interchangeable_classes()
         self._suffix_density()
 
@@ -651,45 +659,135 @@ class _Instance:
 _SUM, _MAX = "sum", "max"
 
 
-def _relaxed_cost_to_go(inst: _Instance, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Cost-to-go when nodes may be reused: ``H[b, w]`` and the start's ``G0[u]``.
+@dataclass(slots=True)
+class _Relaxed:
+    """The relaxed problem's solution: cost-to-go, start value, optimal path."""
 
-    ``H[b, w]`` bounds the cost of finishing from "the stage on w ended at b";
-    ``G0[u]`` the cost of a plan whose first stage (from cut 0) runs on u.
+    H: np.ndarray  # H[b, w]: finishing from "the stage on w ended at b"
+    start: float  # the relaxed optimum from the start
+    path_nodes: list[int]  # the nodes of one relaxed optimum, in order
+
+
+def _relaxed_cost_to_go(
+    inst: _Instance, mode: str, penalty: np.ndarray | None = None
+) -> _Relaxed:
+    """Solve the problem with node reuse allowed, by DP over (layer cut, node).
+
+    ``penalty[u]`` (sum mode only) is added to every stage placed on u; it is
+    the Lagrange multiplier of "u takes at most one stage".
     """
     L, N = inst.L, inst.N
-    link = inst.transfer if mode == _SUM else inst.busy
-    sink = inst.sink_transfer if mode == _SUM else inst.sink_busy
+    add = mode == _SUM
+    link = inst.transfer if add else inst.busy
+    sink = inst.sink_transfer if add else inst.sink_busy
+    lam = np.zeros(N) if penalty is None else penalty
     inv_speed = 1.0 / inst.speed
     H = np.full((L + 1, N), np.inf)
     H[L] = sink
-    G0 = np.full(N, np.inf)
+    best_end = np.zeros((L + 1, N), dtype=np.int64)
+    best_next = np.zeros((L + 1, N), dtype=np.int64)
+    G = np.full(N, np.inf)
+    cols = np.arange(N)
+    ends_all = np.arange(L + 1)[:, None]
+    step_all = link[:N] + lam[None, :, None] if add else link[:N]
     for b in range(L - 1, -1, -1):
-        comp = (inst.flops_prefix[b + 1 :, None] - inst.flops_prefix[b]) * inv_speed
-        ends = np.arange(b + 1, L + 1)[:, None]
-        rest = comp + H[b + 1 :] if mode == _SUM else np.maximum(comp, H[b + 1 :])
-        G = np.where(ends <= inst.hi[:, b], rest, np.inf).min(axis=0)
-        step = link[:N, :, b]
-        H[b] = (
-            (step + G).min(axis=1) if mode == _SUM else np.maximum(step, G).min(axis=1)
+        last = int(inst.hi[:, b].max())  # no stage from b ends later
+        if last <= b:
+            G = np.full(N, np.inf)
+            H[b] = np.inf
+            continue
+        fp = inst.flops_prefix[b + 1 : last + 1, None] - inst.flops_prefix[b]
+        comp = fp * inv_speed
+        rest = (
+            comp + H[b + 1 : last + 1] if add else np.maximum(comp, H[b + 1 : last + 1])
         )
-        if b == 0:
-            G0 = G
-    return H, G0
+        rest[ends_all[b + 1 : last + 1] > inst.hi[:, b]] = np.inf
+        arg = rest.argmin(axis=0)
+        G = rest[arg, cols]
+        best_end[b] = arg + b + 1
+        step = step_all[:, :, b]
+        total = step + G if add else np.maximum(step, G)
+        best_next[b] = total.argmin(axis=1)
+        H[b] = total[cols, best_next[b]]
+    first = link[N, :, 0] + lam + G if add else np.maximum(link[N, :, 0], G)
+    u = int(first.argmin())
+    start = float(first[u])
+    path = []
+    b = 0
+    while math.isfinite(start) and b < L:
+        path.append(u)
+        b = int(best_end[b, u])
+        if b < L:
+            u = int(best_next[b, u])
+    return _Relaxed(H, start, path)
+
+
+def _lagrangian_bound(
+    inst: _Instance, iterations: int = 40
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Multipliers for "each node takes at most one stage", by subgradient ascent.
+
+    For any multipliers ``lam >= 0`` and any plan using each node at most
+    once, ``cost >= H_lam[b, w] - sum(lam over nodes still unused)`` for the
+    plan's state at every cut (the plan's remaining stages pay at most the
+    multipliers of the unused nodes).  Ascent on the start value
+    ``H_lam(start) - sum(lam)`` (Held & Karp 1971; Polyak's step) sharpens
+    that bound where the relaxed optimum reuses nodes.  Returns
+    ``(lam, H_lam, lower bound)``.
+    """
+    N = inst.N
+    lam = np.zeros(N)
+    best_lam, best = lam, _relaxed_cost_to_go(inst, _SUM)
+    best_value = best.start
+    relaxed = best
+    theta = 1.0
+    stall = 0
+    for _ in range(iterations):
+        uses = np.bincount(relaxed.path_nodes, minlength=N).astype(float)
+        grad = uses - 1.0
+        grad[(lam <= 0) & (grad < 0)] = 0.0  # lam stays >= 0
+        if not math.isfinite(relaxed.start) or not (uses > 1).any():
+            break
+        target = best_value * 1.05 + 1e-9
+        step = theta * (target - (relaxed.start - lam.sum())) / float(grad @ grad)
+        lam = np.maximum(0.0, lam + step * grad)
+        relaxed = _relaxed_cost_to_go(inst, _SUM, lam)
+        value = relaxed.start - lam.sum()
+        if value > best_value * (1 + 1e-6):
+            best_value, best_lam, best = value, lam.copy(), relaxed
+            stall = 0
+        else:
+            stall += 1
+            if stall >= 3:
+                theta /= 2
+                stall = 0
+                if theta < 1e-3:
+                    break
+    return best_lam, best.H, best_value
 
 
 class _CapacityBound:
     """Lower bounds on completing a label that know which nodes are used.
 
-    Per set of unused nodes the fastest-first capacities are cached; per
-    label the fractional fill is one ``np.interp`` and one dot product:
-    ``sum_k (F_k - F_{k-1}) / s_k = sum_k F_k (1/s_k - 1/s_{k+1})``.
+    For the unused nodes U of a label at cut b:
+
+    * compute (latency): the fractional transportation bound of the module
+      docstring, one ``np.interp`` and one dot product per label, since
+      ``sum_k (F_k - F_{k-1}) / s_k = sum_k F_k (1/s_k - 1/s_{k+1})``;
+    * transfers: one out of the label's node, then at least ``k_min - 1``
+      more, where ``k_min`` is the fewest nodes of U whose memories add up
+      to the remaining weights, each at least the cheapest cut after b; and
+      the cheapest way from any node of U to the sink;
+    * bottleneck (throughput): the least T with
+      ``sum_u min(T * speed_u, Q_b(memory_u)) >= remaining flops``, where
+      ``Q_b(m)`` is the most flops any m MB of the remaining layers carry.
     """
 
     def __init__(self, inst: _Instance, mode: str) -> None:
         self.inst = inst
         self.mode = mode
         self._per_set: dict[int, tuple] = {}
+        self._cache: dict[tuple[int, int], float] = {}
 
     def _unused(self, used: int) -> tuple:
         got = self._per_set.get(used)
@@ -702,9 +800,22 @@ class _CapacityBound:
             speeds = inst.speed[order]
             inv = 1.0 / speeds
             coef = inv - np.append(inv[1:], 0.0)
-            total_speed = float(speeds.sum()) if order.size else 0.0
-            fastest = float(speeds[0]) if order.size else 0.0
-            got = (order, np.cumsum(caps), coef, total_speed, fastest)
+            caps_desc = np.cumsum(np.sort(caps)[::-1])
+            sink = inst.sink_transfer if self.mode == _SUM else inst.sink_busy
+            sink_min = float(sink[order].min()) if order.size else math.inf
+            link = inst.transfer if self.mode == _SUM else inst.busy
+            # first[w, b]: the cheapest way out of w into an unused node at cut b
+            first = link[:, order, :].min(axis=1) if order.size else None
+            got = (
+                order,
+                np.cumsum(caps),
+                coef,
+                caps_desc,
+                sink_min,
+                caps,
+                speeds,
+                first,
+            )
             self._per_set[used] = got
         return got
 
@@ -712,19 +823,52 @@ class _CapacityBound:
         inst = self.inst
         if b >= inst.L:
             return 0.0
-        order, cumcap, coef, total_speed, fastest = self._unused(used)
-        if order.size == 0 or cumcap[-1] * (1 + _REL_TOL) < inst.rem_weights[b]:
+        rest = self._cache.get((b, used))
+        if rest is None:
+            rest = self._cache[(b, used)] = self._rest(b, used)
+        if rest == math.inf:
             return math.inf
+        first = float(self._unused(used)[-1][w, b])
+        return first + rest if self.mode == _SUM else max(first, rest)
+
+    def _rest(self, b: int, used: int) -> float:
+        """The part of the bound that does not depend on the label's node."""
+        inst = self.inst
+        order, cumcap, coef, caps_desc, sink_min, caps, speeds, _ = self._unused(used)
+        rem_w = inst.rem_weights[b]
+        if order.size == 0 or cumcap[-1] * (1 + _REL_TOL) < rem_w:
+            return math.inf
+        k_min = int(np.searchsorted(caps_desc, rem_w * (1 - _REL_TOL))) + 1
         if self.mode == _SUM:
-            first = inst.transfer[w, order, b].min()
             filled = np.interp(cumcap, inst.dens_x[b], inst.dens_y[b])
-            return float(first + filled @ coef)
-        first = inst.busy[w, order, b].min()
+            more = (k_min - 1) * inst.tau_transfer[b] if k_min > 1 else 0.0
+            return float(filled @ coef + more + sink_min)
+        hosted = np.interp(caps, inst.dens_x[b], inst.dens_y[b])
         return max(
-            float(first),
-            inst.rem_flops[b] / total_speed,
-            inst.max_layer_flops[b] / fastest,
+            sink_min,
+            inst.tau_busy[b] if k_min > 1 else 0.0,
+            _least_time(hosted, speeds, inst.rem_flops[b]),
+            inst.max_layer_flops[b] / speeds[0],
         )
+
+
+def _least_time(hosted: np.ndarray, speeds: np.ndarray, flops: float) -> float:
+    """The least T with ``sum_u min(T * speeds[u], hosted[u]) >= flops``."""
+    if flops <= 0:
+        return 0.0
+    t = hosted / speeds
+    order = np.argsort(t)
+    t, hosted, speeds = t[order], hosted[order], speeds[order]
+    # at T = t[k] nodes 0..k are saturated, k+1.. run at full speed
+    saturated = np.cumsum(hosted)
+    running = np.concatenate((np.cumsum(speeds[::-1])[::-1][1:], [0.0]))
+    reach = saturated + t * running
+    k = int(np.searchsorted(reach, flops * (1 - _REL_TOL)))
+    if k >= len(t):
+        return math.inf
+    done = saturated[k - 1] if k else 0.0
+    speed = running[k - 1] if k else float(speeds.sum())
+    return float((flops - done) / speed) if speed > 0 else float(t[k])
 
 
 @dataclass(slots=True)
@@ -735,31 +879,102 @@ class _Label:
     cost: float
     parent: int
     start: int  # first layer of the last stage
+    lam_used: float = 0.0  # sum of the Lagrange multipliers of the used nodes
+
+
+class _Dominance:
+    """Labels expanded per (cut, node): is a new one beaten by a subset?
+
+    A label is dominated when an expanded label at the same cut and node used
+    a subset of its nodes at no greater cost.  Kept as arrays so one check is
+    a few vector operations however many labels were expanded.
+    """
+
+    def __init__(self) -> None:
+        self._used: dict[tuple[int, int], np.ndarray] = {}
+        self._cost: dict[tuple[int, int], np.ndarray] = {}
+        self._n: dict[tuple[int, int], int] = {}
+
+    def dominated_or_add(self, key: tuple[int, int], used: int, cost: float) -> bool:
+        n = self._n.get(key, 0)
+        if n:
+            u, c = self._used[key][:n], self._cost[key][:n]
+            if ((u & ~np.int64(used)) == 0)[c <= cost].any():
+                return True
+            if n == len(self._used[key]):
+                self._used[key] = np.resize(self._used[key], 2 * n)
+                self._cost[key] = np.resize(self._cost[key], 2 * n)
+        else:
+            self._used[key] = np.empty(4, dtype=np.int64)
+            self._cost[key] = np.empty(4)
+        self._used[key][n] = used
+        self._cost[key][n] = cost
+        self._n[key] = n + 1
+        return False
+
+
+class _Budget(Exception):
+    """The first, cheap attempt of a search ran out of its label budget."""
+
+
+# Expansions allowed before the latency search stops and first sharpens its
+# bound with Lagrange multipliers (which costs a few dozen DP passes).
+_PLAIN_ATTEMPT_LABELS = 400
 
 
 def _search(
     inst: _Instance, mode: str, max_labels: int
 ) -> tuple[list[_Label], int, int]:
-    """Return (labels, index of the optimal complete label, labels expanded)."""
+    """Return (labels, index of the optimal complete label, labels expanded).
+
+    The latency search first runs with the plain relaxed bound; when that
+    needs more than ``_PLAIN_ATTEMPT_LABELS`` expansions it restarts with the
+    Lagrangian bound, which is much tighter when the relaxation reuses nodes
+    but costs more to set up.
+    """
+    relaxed = _relaxed_cost_to_go(inst, mode)
+    if mode == _SUM and len(set(relaxed.path_nodes)) < len(relaxed.path_nodes):
+        budget = min(max_labels, _PLAIN_ATTEMPT_LABELS)
+        try:
+            return _best_first(inst, mode, relaxed.H, None, budget, raise_budget=True)
+        except _Budget:
+            pass
+        lam, H_lam, _ = _lagrangian_bound(inst)
+        labels, goal, n = _best_first(inst, mode, relaxed.H, (lam, H_lam), max_labels)
+        return labels, goal, n + budget
+    return _best_first(inst, mode, relaxed.H, None, max_labels)
+
+
+def _best_first(
+    inst: _Instance,
+    mode: str,
+    H: np.ndarray,
+    lagrange: tuple[np.ndarray, np.ndarray] | None,
+    max_labels: int,
+    raise_budget: bool = False,
+) -> tuple[list[_Label], int, int]:
     L, N = inst.L, inst.N
-    H, _ = _relaxed_cost_to_go(inst, mode)
     add = mode == _SUM
+    use_lagrange = lagrange is not None and bool(lagrange[0].any())
+    if use_lagrange:
+        lam, H_lam = lagrange
+        lam_total = float(lam.sum())
     inv_speed = 1.0 / inst.speed
     prev_in_class = inst.classes
     ends_all = np.arange(L + 1)
     capacity_bound = _CapacityBound(inst, mode)
+    dominance = _Dominance()
 
     labels = [_Label(0, N, 0, 0.0, -1, 0)]
     # heap items: (f, -end, seq, kind, payload); kind 0 = a label to expand,
     # kind 1 = a cursor over one expansion's successors sorted by f.
     heap: list[tuple] = [(0.0, 0, 0, 0, 0)]
     seq = 1
-    # best[(used, node)][end]: the least cost of any label generated for the
-    # state (end, node, used).  A copy of a state at no smaller cost is
+    # best[S][end, u]: the least cost of any label generated for the state
+    # (end, u, S + u), u not in S.  A copy of a state at no smaller cost is
     # dominated (same completions), so it is not queued, or dropped when a
     # cheaper copy appeared after it was queued.
-    best: dict[tuple[int, int], np.ndarray] = {}
-    closed: dict[tuple[int, int], list[tuple[int, float]]] = {}
+    best: dict[int, np.ndarray] = {}
     expanded = 0
 
     while heap:
@@ -774,9 +989,10 @@ def _search(
             p = labels[parent_id]
             b, w, cost = int(succ_end[pos]), int(succ_node[pos]), float(succ_cost[pos])
             used = p.used | 1 << w
-            if cost > best[(used, w)][b]:
+            if cost > best[p.used][b, w]:
                 continue
-            labels.append(_Label(b, w, used, cost, parent_id, p.end))
+            lam_used = p.lam_used + (float(lam[w]) if use_lagrange else 0.0)
+            labels.append(_Label(b, w, used, cost, parent_id, p.end, lam_used))
             lid = len(labels) - 1
             if b == L:
                 return labels, lid, expanded
@@ -790,21 +1006,19 @@ def _search(
         else:
             lid = payload
         lab = labels[lid]
-        if lid and lab.cost > best[(lab.used, lab.node)][lab.end]:
+        if lid and lab.cost > best[lab.used & ~(1 << lab.node)][lab.end, lab.node]:
             continue
-
-        key = (lab.end, lab.node)
-        bucket = closed.setdefault(key, [])
-        if any(u & ~lab.used == 0 and c <= lab.cost for u, c in bucket):
+        if dominance.dominated_or_add((lab.end, lab.node), lab.used, lab.cost):
             continue
-        bucket.append((lab.used, lab.cost))
         expanded += 1
         if expanded > max_labels:
+            if raise_budget:
+                raise _Budget
             raise PartitionSearchLimitError(
                 f"the exact search expanded {max_labels} partial plans without "
                 f"finishing ({L} layers, {N} nodes); the instance is hard for the "
-                "bounds (see the module docstring). Raise max_labels, or merge "
-                "interchangeable nodes"
+                "bounds (see the module docstring). Raise max_labels, or give "
+                "nodes of one kind equal links so they become interchangeable"
             )
 
         # All successors: a stage [a, e) on an allowed node u.
@@ -817,23 +1031,28 @@ def _search(
             ],
             dtype=bool,
         )
-        ok = allowed & (ends_all[a + 1 :, None] <= inst.hi[:, a])
-        comp = (inst.flops_prefix[a + 1 :, None] - inst.flops_prefix[a]) * inv_speed
+        last = int(inst.hi[:, a].max())  # no stage from a ends later
+        ok = allowed & (ends_all[a + 1 : last + 1, None] <= inst.hi[:, a])
+        fp = inst.flops_prefix[a + 1 : last + 1, None] - inst.flops_prefix[a]
+        comp = fp * inv_speed
         if add:
             cost = lab.cost + inst.transfer[v, :, a] + comp
-            fval = cost + H[a + 1 :]
+            h = H[a + 1 : last + 1]
+            if use_lagrange:
+                # the successor on u leaves unused all but used + u
+                unused_lam = lam_total - lab.lam_used - lam
+                h = np.maximum(h, H_lam[a + 1 : last + 1] - unused_lam)
+            fval = cost + h
         else:
             cost = np.maximum(np.maximum(lab.cost, inst.busy[v, :, a]), comp)
-            fval = np.maximum(cost, H[a + 1 :])
+            fval = np.maximum(cost, H[a + 1 : last + 1])
         ok &= np.isfinite(fval)
-        for u in np.flatnonzero(ok.any(axis=0)):
-            u = int(u)
-            row = best.get((lab.used | 1 << u, u))
-            if row is None:
-                row = best[(lab.used | 1 << u, u)] = np.full(L + 1, np.inf)
-            keep = ok[:, u] & (cost[:, u] < row[a + 1 :])
-            ok[:, u] = keep
-            row[a + 1 :][keep] = cost[keep, u]
+        table = best.get(lab.used)
+        if table is None:
+            table = best[lab.used] = np.full((L + 1, N), np.inf)
+        block = table[a + 1 : last + 1]
+        ok &= cost < block
+        block[ok] = cost[ok]
         rows, cols = np.nonzero(ok)
         if rows.size == 0:
             continue
@@ -847,9 +1066,8 @@ def _search(
             fv[order],
             0,
         )
-        heapq.heappush(
-            heap, (float(fv[order[0]]), -int(rows[order[0]] + a + 1), seq, 1, payload)
-        )
+        head = (float(fv[order[0]]), -int(rows[order[0]] + a + 1), seq, 1, payload)
+        heapq.heappush(heap, head)
         seq += 1
     return labels, -1, expanded
 

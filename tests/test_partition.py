@@ -306,3 +306,25 @@ def test_search_limit_raises_instead_of_running_forever():
     profile, nodes, table = random_instance(rng, 8, 4, False)
     with pytest.raises((PartitionSearchLimitError, InfeasiblePartitionError)):
         PartitionOptimizer(links=table, max_labels=0).optimize(profile, nodes)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lagrangian_path_is_exact_against_brute_force(seed, monkeypatch):
+    # Force the Lagrangian-bound search from the first label, on instances
+    # where one fast node with little memory tempts the relaxation to reuse it.
+    import ground._partition as partition
+
+    monkeypatch.setattr(partition, "_PLAIN_ATTEMPT_LABELS", 0)
+    rng = random.Random(500 + seed)
+    profile, nodes, table = random_instance(rng, rng.randint(3, 8), 4, seed % 5 == 0)
+    fast = nodes[0]
+    nodes[0] = NodeConfig(fast.name, fast.node_type, fast.memory_gb * 0.6, 40.0)
+    want_latency, _ = brute_force(profile, nodes, table, 1, None, None)
+    opt = PartitionOptimizer(links=table)
+    if want_latency is None:
+        with pytest.raises(InfeasiblePartitionError):
+            opt.optimize(profile, nodes)
+        return
+    plan = opt.optimize(profile, nodes)
+    check_plan_consistent(plan, profile, nodes, table, 1)
+    assert plan.estimated_latency_ms == pytest.approx(want_latency, rel=1e-9)
