@@ -996,9 +996,18 @@ cdef void _dequant_chunk(const uint8_t *codes, Py_ssize_t m, real amax, int bits
                          real *out) noexcept nogil:
     cdef int half = 1 << (bits - 1)
     cdef double step = <double>amax / <double>(half - 1)
+    cdef double v, big
     cdef Py_ssize_t j
+    if real is float:
+        big = F32_MAX
+    else:
+        big = F64_MAX
     for j in range(m):
-        out[j] = <real>(<double>(<int32_t>codes[j] - half) * step)
+        # L * (amax / L) can round past the largest finite value: saturate
+        v = <double>(<int32_t>codes[j] - half) * step
+        v = v if v < big else big
+        v = v if v > -big else -big
+        out[j] = <real>v
 
 
 cdef void _pack(const uint8_t *codes, Py_ssize_t n, int bits,

@@ -332,7 +332,11 @@ def _dequant(codes: np.ndarray, amax: np.ndarray, bits: int, chunk: int):
     levels, half = cc.quant_levels(bits)
     n = codes.size
     step = np.repeat(amax.astype(np.float64) / levels, chunk)[:n]
-    return ((codes.astype(np.float64) - half) * step).astype(amax.dtype)
+    with np.errstate(over="ignore"):
+        v = (codes.astype(np.float64) - half) * step
+    # L * (amax / L) can round past the largest finite value: saturate
+    big = float(np.finfo(amax.dtype).max)
+    return np.clip(v, -big, big).astype(amax.dtype)
 
 
 def _check_quant_args(bits, chunk_size, seed):
