@@ -157,6 +157,8 @@ class Message:
     send_time_s: float
     body: dict[str, Any] = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
+    # The body exactly as received (decode only): the ground journals it.
+    body_bytes: bytes | None = field(default=None, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------- encoding
@@ -444,23 +446,34 @@ def decode(data: bytes | memoryview, limits: Limits = Limits()) -> Message:
         )
 
     try:
-        raw_body = _read(body_bytes, limits.max_message_bytes, "body", envelope=False)
+        body = decode_body(mtype, body_bytes, limits, sender=sender)
     except WireError as exc:
         exc.sender, exc.round, exc.seq = sender, rnd, seq
         raise
+    return Message(
+        mtype, sender, rnd, seq, float(send_time_s), body, body_bytes=body_bytes
+    )
+
+
+def decode_body(
+    mtype: MessageType,
+    body_bytes: bytes,
+    limits: Limits = Limits(),
+    *,
+    sender: str | None = None,
+) -> dict[str, Any]:
+    """Decode and check one body of type ``mtype`` (also used to replay a journal)."""
+    raw_body = _read(body_bytes, limits.max_message_bytes, "body", envelope=False)
     if not isinstance(raw_body, dict):
         raise MalformedMessage(
-            f"{mtype.name} body must be a map, got {type(raw_body).__name__}",
-            None,
-            **known,
+            f"{mtype.name} body must be a map, got {type(raw_body).__name__}"
         )
     try:
-        body = _BODY_CHECKS[mtype](raw_body, limits)
+        return _BODY_CHECKS[mtype](raw_body, limits)
     except (ArrayFormatError, _SchemaError) as exc:
         raise MalformedMessage(
-            f"{mtype.name} body from {sender!r}: {exc}", exc.value, **known
+            f"{mtype.name} body from {sender!r}: {exc}", exc.value
         ) from None
-    return Message(mtype, sender, rnd, seq, float(send_time_s), body)
 
 
 class _SchemaError(ValueError):
