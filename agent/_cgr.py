@@ -144,6 +144,10 @@ class ContactPlan:
         """Seconds from the plan's epoch to ``when``."""
         if self.epoch is None:
             raise ValueError("this plan has no epoch; pass times in seconds")
+        if when.tzinfo is None:
+            raise ValueError(
+                f"time {when.isoformat()} has no time zone; pass an aware UTC datetime"
+            )
         return (when - self.epoch).total_seconds()
 
     def time(self, seconds: float) -> datetime:
@@ -317,7 +321,7 @@ def earliest_arrival(
     source: str,
     t_s: float | datetime,
     bundle_bytes: int,
-    destinations: Iterable[str],
+    destinations: Iterable[str] | str,
     *,
     max_hops: int | None = None,
 ) -> CgrRoute | None:
@@ -337,10 +341,23 @@ def earliest_arrival(
     """
     if source not in plan._outgoing:
         raise KeyError(f"unknown node {source!r}: it appears in no contact")
-    if not (isinstance(bundle_bytes, int) and bundle_bytes > 0):
+    if not (
+        isinstance(bundle_bytes, numbers.Integral)
+        and not isinstance(bundle_bytes, bool)
+        and bundle_bytes > 0
+    ):
         raise ValueError(f"bundle_bytes={bundle_bytes!r} must be a positive int")
+    bundle_bytes = int(bundle_bytes)
     if isinstance(t_s, datetime):
         t_s = plan.seconds(t_s)
+    if not (isinstance(t_s, numbers.Real) and math.isfinite(t_s)):
+        raise ValueError(
+            f"t_s={t_s!r} must be a finite number of seconds after the plan's "
+            "epoch, or an aware datetime"
+        )
+    if isinstance(destinations, str):
+        # one name, not the characters of a name
+        destinations = [destinations]
     targets = set(destinations) - {source}
     if not targets:
         raise ValueError(

@@ -100,6 +100,29 @@ def test_unroutable_and_bad_requests():
         Contact(5, 5, "a", "b", 1)
 
 
+@pytest.mark.parametrize("t_s", [math.nan, math.inf, -math.inf])
+def test_a_creation_time_that_is_not_finite_is_rejected_not_routed(t_s):
+    plan = ContactPlan([Contact(0, 100, "s", "gs", 100)])
+    with pytest.raises(ValueError, match=f"t_s={t_s}"):
+        earliest_arrival(plan, "s", t_s, 1, ["gs"])
+
+
+def test_naive_creation_time_is_rejected_naming_it():
+    epoch = datetime(2026, 1, 1, tzinfo=UTC)
+    plan = ContactPlan([Contact(0, 100, "s", "gs", 100)], epoch=epoch)
+    with pytest.raises(ValueError, match="2026-01-01T00:00:10 has no time zone"):
+        earliest_arrival(plan, "s", datetime(2026, 1, 1, 0, 0, 10), 1, ["gs"])
+    route = earliest_arrival(plan, "s", epoch + timedelta(seconds=10), 1, ["gs"])
+    assert route.departure_s == 10.0
+
+
+def test_one_destination_name_is_not_read_as_its_characters():
+    plan = ContactPlan([Contact(0, 100, "s", "gs-madrid", 100)])
+    route = earliest_arrival(plan, "s", 0.0, np.int64(50), "gs-madrid")
+    assert route.destination == "gs-madrid"
+    assert route.bundle_bytes == 50 and type(route.bundle_bytes) is int
+
+
 def brute_force(plan, source, t, size, targets, max_hops=99):
     """Earliest arrival by trying every simple sequence of contacts."""
     best = math.inf
