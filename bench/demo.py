@@ -36,6 +36,10 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def _hours(h: float | None) -> str:
+    return "not reached" if h is None else f"{h:.2f}"
+
+
 def run_once(out: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -96,7 +100,7 @@ def main() -> int:
              "-" if cmp["hours_to_85_fraction_of_baseline"] is None
              else f"{cmp['hours_to_85_fraction_of_baseline']:.2f}",
              "1", (cmp["hours_to_85_fraction_of_baseline"] or 9) <= 0.5),
-            ("sim hours to 85%", "-", f"{h_run}", f"{h_base}", True),
+            ("sim hours to 85%", "-", _hours(h_run), _hours(h_base), True),
             ("updates lost", "0", str(run["updates_lost"]),
              str(base["updates_lost"]), run["updates_lost"] == 0),
         ]  # fmt: skip

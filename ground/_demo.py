@@ -132,6 +132,7 @@ class DemoOptions:
     buffer_size: int = 2
     compression: dict[str, Any] | None = field(default_factory=lambda: None)
     curve: bool = True
+    tle_names: dict[str, str] = field(default_factory=dict)
     startup_s: float = 4.0
     log_level: str = "WARNING"
 
@@ -662,7 +663,8 @@ def prepare(
             )
         tles = tles[: options.agents]
         epoch = max(tle_epoch(l1, l2) for _, l1, l2 in tles).replace(microsecond=0)
-        # Agent ids must be wire-safe; keep the TLE name for the report.
+        # Agent ids must be wire-safe; the report keeps the catalog names.
+        options.tle_names = {f"sat-{i:03d}": n for i, (n, _, _) in enumerate(tles)}
         tles = [(f"sat-{i:03d}", l1, l2) for i, (_, l1, l2) in enumerate(tles)]
     else:
         from agent._walker import walker_tles
@@ -733,6 +735,7 @@ def settings_of(
         "strategy": options.strategy,
         "compare": options.compare,
         "orbits": str(options.tle) if options.tle else "walker",
+        "tle_names": options.tle_names,
         "stations": [station_to_dict(s) for s in stations],
         "data": data.name,
         "shard_sizes": data.shard_sizes,

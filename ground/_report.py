@@ -54,7 +54,6 @@ class RunSummary:
     bytes_per_round: list[int] = field(default_factory=list)
     contacts_predicted: int = 0
     contacts_used: int = 0
-    relayed_updates: int = 0
     sim_hours: float = 0.0
     wall_s: float = 0.0
     contacts: list[ContactRecord] = field(default_factory=list)
@@ -188,7 +187,6 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, ...]]:
             "contacts used / predicted",
             *(f"{r.contacts_used} / {r.contacts_predicted}" for r in runs),
         ),
-        ("updates relayed over ISL", *(str(r.relayed_updates) for r in runs)),
     ]
     if len(runs) > 1 and runs[1].bytes_sent:
         rows.append(
