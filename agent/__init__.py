@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "WireError": "agent._wire",
     # geometry
     "Position": "agent._geo",
+    # the NumPy MLP trainer (issue 7)
+    "MLPTrainer": "agent._mlp",
     # pass prediction (issue 4)
     "walker_tles": "agent._walker",
     "GroundStation": "agent._stations",
