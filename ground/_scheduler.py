@@ -206,6 +206,14 @@ class SyncScheduler:
         start: datetime | None = None,
     ) -> TransferPlan:
         """Place transfers into the windows of the next ``hours`` (see module doc)."""
+        if start is not None and start.tzinfo is None:
+            # astimezone() would read a naive time as the host's local time
+            raise ValueError(
+                f"start={start.isoformat()} has no time zone; pass an aware UTC "
+                "datetime"
+            )
+        if not (isinstance(hours, int | float) and math.isfinite(hours) and hours > 0):
+            raise ValueError(f"hours={hours!r} must be a positive number of hours")
         start = (datetime.now(UTC) if start is None else start).astimezone(UTC)
         end = start + timedelta(hours=hours)
         ids = _transfer_ids(transfers)

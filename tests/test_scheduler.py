@@ -221,6 +221,17 @@ def test_invalid_transfer_names_every_problem():
     assert "has no time zone" in message
 
 
+def test_plan_transfers_rejects_a_naive_start_and_a_bad_horizon():
+    scheduler = _scheduler([STATIONS[1]], n_sats=1)
+    name = scheduler.satellites[0]
+    naive = EPOCH.replace(tzinfo=None)
+    with pytest.raises(ValueError, match=f"start={naive.isoformat()} has no time"):
+        scheduler.plan_transfers([Transfer(name, 1.0)], 12, start=naive)
+    for hours in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=f"hours={hours!r}"):
+            scheduler.plan_transfers([], hours, start=EPOCH)
+
+
 def _run_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "ground", "passes", *args],
@@ -273,3 +284,52 @@ def test_passes_cli_reports_bad_input_in_one_line(tle_dir):
     missing = _run_cli("--tle", "/no/such/file.txt", "--station", "X,1,2,0",
                        "--start", "2022-02-03", "--hours", "1")  # fmt: skip
     assert missing.returncode == 2 and "/no/such/file.txt" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"--station": "X,1,2"}, "'X,1,2' has 3 fields"),
+        ({"--station": "X,nan,2,0"}, "lat_deg=nan"),
+        ({"--station": "X,a,2,0"}, "'X,a,2,0'"),
+        ({"--station": "X,1,2,0,95"}, "min_elevation_deg=95.0"),
+        ({"--start": "yesterday"}, "--start 'yesterday' is not ISO 8601"),
+        ({"--hours": "nan"}, "--hours nan"),
+        ({"--hours": "-3"}, "--hours -3.0"),
+        ({"--satellite": "NOAA 99"}, "['NOAA 99'] not found"),
+        ({"--tle": "/dev/null"}, "/dev/null holds no usable element set"),
+        ({"--tle": "."}, "Is a directory"),
+    ],
+)
+def test_passes_cli_bad_input_is_one_line_naming_the_value(tle_dir, change, named):
+    args = {
+        "--tle": str(tle_dir / "noaa_2022-02.txt"),
+        "--station": "X,1,2,0",
+        "--start": "2022-02-03T00:00:00Z",
+        "--hours": "1",
+        **change,
+    }
+    out = _run_cli(*itertools.chain.from_iterable(args.items()))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()[-1:]
+    assert named in line
+
+
+def test_passes_cli_stops_quietly_when_the_reader_goes_away(tle_dir):
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "ground", "passes",
+            "--tle", str(tle_dir / "noaa_2022-02.txt"),
+            "--station", "Svalbard,78.2297,15.3975,0.0", "--start",
+            "2022-02-03T00:00:00Z", "--hours", "48",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )  # fmt: skip
+    assert proc.stdout.readline().startswith(b"satellite")
+    proc.stdout.close()  # like `| head -1`
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
