@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -74,6 +75,16 @@ def parse_start(text: str) -> datetime:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # the reader (e.g. ``| head``) has gone: stop quietly, as Unix tools
+        # do, and keep the interpreter from failing again on its final flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     from ground._scheduler import SyncScheduler
 
     if not args.hours > 0:
