@@ -21,6 +21,8 @@ from typing import Any
 
 REPORT_VERSION = 1
 ACCURACY_MILESTONE = 0.85
+# Simulated hours at which the summary table shows the test accuracy.
+CHECKPOINT_HOURS = (1.0, 3.0, 6.0, 12.0)
 
 
 @dataclass
@@ -75,6 +77,15 @@ class RunSummary:
         if self.bytes_sent <= 0:
             return None
         return self.dense_bytes_equivalent / self.bytes_sent
+
+    def accuracy_at(self, hours: float) -> float | None:
+        """Test accuracy of the model current at ``hours`` simulated hours."""
+        current = None
+        for h, acc, _ in self.accuracy_curve:
+            if h > hours:
+                break
+            current = acc
+        return current
 
     def hours_to(self, accuracy: float) -> float | None:
         """Simulated hours until test accuracy first reached ``accuracy``."""
@@ -158,6 +169,11 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, ...]]:
         ("simulated time", *(_fmt_h(r.sim_hours) for r in runs)),
         ("wall time", *(f"{r.wall_s:.0f} s" for r in runs)),
         ("final test accuracy", *(_fmt_pct(r.final_accuracy) for r in runs)),
+        *(
+            (f"test accuracy at {h:g} h", *(_fmt_pct(r.accuracy_at(h)) for r in runs))
+            for h in CHECKPOINT_HOURS
+            if h < max(r.sim_hours for r in runs)
+        ),
         ("best test accuracy", *(_fmt_pct(r.best_accuracy) for r in runs)),
         (
             f"time to {ACCURACY_MILESTONE:.0%}",
