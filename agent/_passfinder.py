@@ -428,6 +428,9 @@ class _Finder:
         opens = np.flatnonzero(
             ev_rise[:-1] & ~ev_rise[1:] & (ev_pair[:-1] == ev_pair[1:])
         )
+        # A search that ends at an AOS (or opens at a LOS) touches the pass at
+        # one instant; that is no contact, so a window must last >= 1 us.
+        opens = opens[ev_t[opens + 1] - ev_t[opens] >= 1e-6]
         w_pair = ev_pair[opens]
         w_start = ev_t[opens]
         w_end = ev_t[opens + 1]

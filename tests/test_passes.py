@@ -330,6 +330,21 @@ def test_pass_running_past_the_end_is_clipped(sets):
     assert last.end_time == start + timedelta(hours=hours)
 
 
+def test_a_search_that_only_touches_a_pass_has_no_zero_length_window(sets):
+    iss, w, _ = _pass_of(sets)
+    sat = [(iss.name, iss.satrec)]
+    ends_at_aos = find_windows(sat, [w.station], w.start_time - timedelta(hours=1), 1)
+    opens_at_los = find_windows(sat, [w.station], w.end_time, 1.0)
+    for result in (ends_at_aos, opens_at_los):
+        assert all(x.duration_seconds > 0 for x in result.windows), result.windows
+    # one second more on either side gives the clipped sliver of the pass
+    (sliver,) = find_windows(
+        sat, [w.station], w.start_time - timedelta(seconds=59), 1 / 60
+    ).windows
+    assert sliver.flags == WindowFlag.END_CLIPPED
+    assert sliver.duration_seconds == pytest.approx(1.0, abs=2e-3)
+
+
 def test_windows_do_not_depend_on_where_the_search_starts(sets):
     entries = _sample(sets("starlink_2023-07-18.txt"), 20, seed=9)
     t0 = _median_epoch(entries)
