@@ -146,8 +146,18 @@ class ContactPredictor:
         self.stations = list(stations)
         if not self.stations:
             raise ValueError("ContactPredictor needs at least one GroundStation")
-        if not horizon_hours > 0:
-            raise ValueError(f"horizon_hours={horizon_hours} must be positive")
+        if not (isinstance(horizon_hours, numbers.Real) and 0 < horizon_hours < 1e4):
+            raise ValueError(
+                f"horizon_hours={horizon_hours!r} must be a positive number of "
+                "hours below 10,000"
+            )
+        if not (
+            isinstance(lookback_minutes, numbers.Real)
+            and 0 <= lookback_minutes <= 24 * 60
+        ):
+            raise ValueError(
+                f"lookback_minutes={lookback_minutes!r} must be in [0, 1440]"
+            )
         self.name = name
         self.horizon_hours = float(horizon_hours)
         self.lookback = timedelta(minutes=lookback_minutes)

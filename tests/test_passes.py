@@ -493,6 +493,21 @@ def test_contact_predictor_rejects_a_bad_tle():
         )
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("horizon_hours", float("nan")),
+        ("horizon_hours", 0.0),
+        ("lookback_minutes", float("nan")),
+        ("lookback_minutes", -5.0),
+    ],
+)
+def test_contact_predictor_names_a_bad_option(sets, option, value):
+    iss = sets("stations_2024-11.txt")[0]
+    with pytest.raises(ValueError, match=f"{option}={value!r}"):
+        ContactPredictor(iss.line1, iss.line2, list(STATIONS), **{option: value})
+
+
 def test_agent_import_stays_light():
     import subprocess
     import sys
