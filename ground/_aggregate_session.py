@@ -76,8 +76,10 @@ class _Round:
         self.count += 1
         self.total_weight += denominator
 
-    def reduce(self) -> dict[str, np.ndarray]:
+    def reduce(self, *, fallback: bool = False) -> dict[str, np.ndarray]:
         strategy = self.agg.strategy
+        if fallback and strategy.is_robust and self.count < self.agg.min_updates:
+            return median_reduce(self.rows, self.template)
         if not strategy.is_robust:
             if not self.total_weight > 0.0:
                 raise ValueError(
@@ -137,6 +139,19 @@ def not_enough(agg: "GradientAggregator", received: int) -> NotEnoughUpdates:
     )
 
 
+def median_reduce(
+    rows: list[dict[str, np.ndarray]], template: Template
+) -> dict[str, np.ndarray]:
+    """Return the coordinate-wise median of ``rows`` (flat dense updates)."""
+    out = {
+        name: np.empty(spec.size, dtype=template.acc_dtype)
+        for name, spec in template.tensors.items()
+    }
+    for name in out:
+        S.coordinate_median([r[name] for r in rows], out[name])
+    return out
+
+
 def robust_reduce(
     agg: "GradientAggregator", rows: list[dict[str, np.ndarray]], template: Template
 ) -> dict[str, np.ndarray]:
@@ -144,14 +159,12 @@ def robust_reduce(
     n = len(rows)
     if n < agg.min_updates:
         raise not_enough(agg, n)
+    if agg.strategy is AggregationStrategy.MEDIAN:
+        return median_reduce(rows, template)
     out = {
         name: np.empty(spec.size, dtype=template.acc_dtype)
         for name, spec in template.tensors.items()
     }
-    if agg.strategy is AggregationStrategy.MEDIAN:
-        for name in out:
-            S.coordinate_median([r[name] for r in rows], out[name])
-        return out
     if agg.strategy is AggregationStrategy.TRIMMED_MEAN:
         for name in out:
             S.coordinate_trimmed_mean(
@@ -380,18 +393,33 @@ class AggregationSession:
         self.version += 1
         return True
 
-    def close_round(self) -> bool:
+    def close_round(self, *, median_fallback: bool = False) -> bool:
         """Apply what the round collected; return False if there was nothing.
 
         Synchronous strategies step the model by the server step of the
         round's aggregate.  FEDBUFF flushes a partial buffer; FEDASYNC has
         nothing pending.  With no updates the model stays as it was.  Raises
-        ``NotEnoughUpdates`` (and keeps the round) when KRUM has too few.
+        ``NotEnoughUpdates`` (and keeps the round) when KRUM has too few,
+        unless ``median_fallback``: then those few are aggregated by their
+        coordinate-wise median, which is defined for any number of updates
+        (see ``needs_fallback``).
         """
         if self._round.count == 0:
             return False
-        self._apply_round()
+        self._apply_round(fallback=median_fallback)
         return True
+
+    @property
+    def needs_fallback(self) -> bool:
+        """True when KRUM / MULTI_KRUM hold updates but fewer than they need.
+
+        Such a round can only close with ``close_round(median_fallback=True)``
+        (or be discarded).  The median of fewer than 2f + 3 updates tolerates
+        fewer Byzantine ones than KRUM would (none with 1 or 2 updates), which
+        is the price of not throwing away updates already acknowledged.
+        """
+        n = self._round.count
+        return 0 < n < self.aggregator.min_updates
 
     def discard_round(self) -> int:
         """Drop the pending updates without touching the model; return how many."""
@@ -399,8 +427,8 @@ class AggregationSession:
         self._round.clear()
         return dropped
 
-    def _apply_round(self) -> None:
-        delta = self._round.reduce()
+    def _apply_round(self, *, fallback: bool = False) -> None:
+        delta = self._round.reduce(fallback=fallback)
         for name, flat in self._model.items():
             self._optimizer.apply(name, flat, delta[name], self._round.scratch)
         self._round.clear()

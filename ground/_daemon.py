@@ -10,9 +10,9 @@ it closes the round when the rule says so:
 - as soon as ``min_participants`` updates have arrived and every agent in
   ``expected_agents`` has reported (with no expected list: as soon as
   ``min_participants`` have arrived);
-- otherwise at the round deadline, aggregating what arrived if it reaches
-  ``min_participants``, else carrying the model over unchanged (the
-  under-quorum updates are dropped and counted).  Either way it is logged.
+- otherwise at the round deadline, aggregating whatever arrived (below
+  ``min_participants`` too: an ACKed update is never dropped), and carrying
+  the model over unchanged only when nothing did.  Either way it is logged.
 
 FEDASYNC and FEDBUFF change the model as updates arrive; for them a "round"
 is the checkpoint period and the unit the deadline applies to, and a round
@@ -41,7 +41,7 @@ from agent import _wire as wire
 from agent._clock import SimClock
 from agent._keys import load_allowlist_checked, load_secret
 from agent._transport import apply_options
-from ground import GradientAggregator, NotEnoughUpdates, UpdateRejected
+from ground import GradientAggregator, UpdateRejected
 from ground._config import GroundConfig
 from ground._journal import (
     Checkpoint,
@@ -645,7 +645,10 @@ class GroundDaemon:
     # ------------------------------------------------------------------ rounds
 
     def _maybe_close_round(self) -> None:
-        enough = self._round_count >= self.config.min_participants
+        # KRUM cannot step on fewer than 2f + 3 updates: before the deadline
+        # a round waits for them even when min_participants is lower.
+        quorum = max(self.config.min_participants, self.aggregator.min_updates)
+        enough = self._round_count >= quorum
         expected = set(self.config.expected_agents)
         if enough and expected <= self._round_agents:
             self._close_round("all expected agents reported" if expected else
@@ -654,37 +657,48 @@ class GroundDaemon:
             self._close_round("deadline passed")
 
     def _close_round(self, why: str) -> None:
+        """Close the open round; an ACKed update always ends up in the model.
+
+        At the deadline a round aggregates whatever arrived, even below
+        ``min_participants`` (outcome ``partial``), and KRUM / MULTI_KRUM with
+        fewer than 2f + 3 updates fall back to their coordinate-wise median
+        (outcome ``median_fallback``); only a round with no update at all
+        carries the model over unchanged.  Discarding would lose updates the
+        agents were told are safe and have deleted from their outboxes.
+        """
         self._journal.sync()  # the checkpoint must not get ahead of the journal
         now = self._now_s()
         n = self._round_count
         participants = len(self._round_agents)
+        quorum = self.config.min_participants
         if n == 0:
             self.session.close_round()  # nothing pending; keeps the model
             outcome = "carried_over"
-        elif n < self.config.min_participants and not self.aggregator.is_async:
-            self.session.discard_round()
-            self.metrics.updates_discarded.inc(n)
-            outcome = "below_quorum"
+        elif self.session.needs_fallback:
+            self.session.close_round(median_fallback=True)
+            outcome = "median_fallback"
         else:
-            try:
-                self.session.close_round()
-                outcome = "aggregated"
-            except NotEnoughUpdates as exc:
-                self.session.discard_round()
-                self.metrics.updates_discarded.inc(n)
-                outcome = "below_quorum"
-                log.warning("round %d: %s", self._round, exc)
+            self.session.close_round()
+            below = n < quorum and not self.aggregator.is_async
+            outcome = "partial" if below else "aggregated"
         if outcome == "aggregated":
             log.info(
                 "round %d closed (%s): aggregated %d update(s) from %d agent(s); "
                 "model version %d",
                 self._round, why, n, participants, self.session.version,
             )  # fmt: skip
-        elif outcome == "below_quorum":
+        elif outcome == "partial":
             log.warning(
-                "round %d closed (%s) with %d update(s), below min_participants=%d: "
-                "updates dropped, model carried over unchanged",
-                self._round, why, n, self.config.min_participants,
+                "round %d closed (%s): aggregated %d update(s) from %d agent(s), "
+                "below min_participants=%d; model version %d",
+                self._round, why, n, participants, quorum, self.session.version,
+            )  # fmt: skip
+        elif outcome == "median_fallback":
+            log.warning(
+                "round %d closed (%s): aggregated %d update(s) from %d agent(s) "
+                "by coordinate-wise median, since %s needs %d; model version %d",
+                self._round, why, n, participants, self.aggregator.strategy.name,
+                self.aggregator.min_updates, self.session.version,
             )  # fmt: skip
         else:
             log.warning(
@@ -711,7 +725,7 @@ class GroundDaemon:
         self._journal.release(closed)
         self.metrics.rounds_closed.labels(outcome).inc()
         self.metrics.round_duration.observe(max(0.0, duration_s))
-        self.metrics.participants.set(participants if outcome == "aggregated" else 0)
+        self.metrics.participants.set(participants)
         self.metrics.round.set(self._round)
         self.metrics.model_version.set(self.session.version)
         self.metrics.pending.set(0)

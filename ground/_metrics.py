@@ -20,7 +20,8 @@ class DaemonMetrics:
         r = self.registry = CollectorRegistry()
         self.rounds_closed = Counter(
             "orbitfl_rounds_closed",
-            "Rounds closed, by outcome (aggregated, carried_over, below_quorum)",
+            "Rounds closed, by outcome (aggregated, partial, median_fallback, "
+            "carried_over)",
             ["outcome"],
             registry=r,
         )
@@ -36,11 +37,6 @@ class DaemonMetrics:
             "orbitfl_rejected",
             "Messages and updates refused, by reason",
             ["reason"],
-            registry=r,
-        )
-        self.updates_discarded = Counter(
-            "orbitfl_updates_discarded",
-            "ACKed updates dropped because their round closed below quorum",
             registry=r,
         )
         self.bytes_in = Counter(

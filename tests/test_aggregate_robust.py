@@ -116,6 +116,21 @@ def test_a_krum_session_keeps_its_round_when_it_is_too_small():
     assert session.close_round() is False
 
 
+def test_a_too_small_krum_round_closes_by_median_when_asked():
+    session = GradientAggregator(S.KRUM, byzantine_f=1).start(
+        {"w": np.zeros(3, np.float32)}
+    )
+    assert not session.needs_fallback
+    rows = [[1.0, 5.0, -2.0], [3.0, 0.0, 7.0], [2.0, 1.0, 100.0]]
+    for row in rows:
+        session.submit({"w": np.array(row, np.float32)}, num_samples=1)
+    assert session.needs_fallback
+    assert session.close_round(median_fallback=True) is True
+    assert session.version == 1 and session.pending == 0
+    np.testing.assert_array_equal(session.model["w"], [2.0, 1.0, 7.0])
+    assert not session.needs_fallback
+
+
 def test_robust_strategies_refuse_unequal_weights():
     with pytest.raises(ValueError, match="MEDIAN weighs every update alike"):
         GradientAggregator(S.MEDIAN).aggregate([np.ones(2)] * 3, [1, 2, 3])

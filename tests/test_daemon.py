@@ -277,16 +277,51 @@ def test_round_closes_at_the_deadline_when_one_of_two_agents_is_dead(ctx, tmp_pa
         d.stop()
 
 
-def test_below_quorum_at_deadline_drops_updates_and_keeps_the_model(ctx, tmp_path):
+def test_acked_update_below_quorum_is_in_the_next_model_after_the_deadline(
+    ctx, tmp_path
+):
     d = start_daemon(tmp_path, rounds={"min_participants": 2, "deadline_s": 0.5})
     try:
-        Client(ctx, d.endpoint, "a").update(0, _delta(2.0))
+        assert Client(ctx, d.endpoint, "a").update(0, _delta(2.0)).type is (
+            w.MessageType.ACK
+        )
+        _wait(lambda: d.rounds_closed == 1)
+        assert d.metrics.value("orbitfl_rounds_closed_total", outcome="partial") == 1
+        assert d.version == 1
+        np.testing.assert_allclose(d.model()["w"], 2.0)
+        np.testing.assert_allclose(d.model()["b"], 2.0)
+    finally:
+        d.stop()
+
+    # The checkpoint holds it too: a restart starts round 1 from that model.
+    d = start_daemon(tmp_path, rounds={"min_participants": 2, "deadline_s": 3600.0})
+    try:
+        assert (d.round, d.version) == (1, 1)
+        np.testing.assert_allclose(d.model()["w"], 2.0)
+    finally:
+        d.stop()
+
+
+def test_krum_short_of_2f_plus_3_at_the_deadline_aggregates_by_median(ctx, tmp_path):
+    d = start_daemon(
+        tmp_path,
+        rounds={"min_participants": 1, "deadline_s": 1.0},
+        aggregation={"strategy": "krum", "byzantine_f": 1},
+    )
+    try:
+        for name, value in (("a", 1.0), ("b", 2.0), ("c", 9.0)):
+            ack = Client(ctx, d.endpoint, name).update(0, _delta(value))
+            assert ack.type is w.MessageType.ACK
+        # min_participants=1 is reached, but KRUM needs 5: the round waits.
+        time.sleep(0.2)
+        assert d.rounds_closed == 0
         _wait(lambda: d.rounds_closed == 1)
         assert (
-            d.metrics.value("orbitfl_rounds_closed_total", outcome="below_quorum") == 1
+            d.metrics.value("orbitfl_rounds_closed_total", outcome="median_fallback")
+            == 1
         )
-        assert d.metrics.value("orbitfl_updates_discarded_total") == 1
-        np.testing.assert_array_equal(d.model()["w"], 0.0)
+        assert d.version == 1
+        np.testing.assert_allclose(d.model()["w"], 2.0)
     finally:
         d.stop()
 
