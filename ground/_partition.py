@@ -668,48 +668,39 @@ class _Relaxed:
     path_nodes: list[int]  # the nodes of one relaxed optimum, in order
 
 
+def _dp_kernel():
+    """The compiled relaxed DP where built (ORBITFL_KERNELS), else its twin."""
+    global _DP
+    if _DP is None:
+        from agent.kernels import _partition_dp_twin
+        from agent.kernels._select import load_compiled
+
+        _DP = load_compiled("_partition_dp") or _partition_dp_twin
+    return _DP
+
+
+_DP = None
+
+
 def _relaxed_cost_to_go(
     inst: _Instance, mode: str, penalty: np.ndarray | None = None
 ) -> _Relaxed:
     """Solve the problem with node reuse allowed, by DP over (layer cut, node).
 
     ``penalty[u]`` (sum mode only) is added to every stage placed on u; it is
-    the Lagrange multiplier of "u takes at most one stage".
+    the Lagrange multiplier of "u takes at most one stage".  The DP itself is
+    the kernel ``agent.kernels._partition_dp`` (compiled, or its NumPy twin).
     """
-    L, N = inst.L, inst.N
+    L = inst.L
     add = mode == _SUM
-    link = inst.transfer if add else inst.busy
-    sink = inst.sink_transfer if add else inst.sink_busy
-    lam = np.zeros(N) if penalty is None else penalty
-    inv_speed = 1.0 / inst.speed
-    H = np.full((L + 1, N), np.inf)
-    H[L] = sink
-    best_end = np.zeros((L + 1, N), dtype=np.int64)
-    best_next = np.zeros((L + 1, N), dtype=np.int64)
-    G = np.full(N, np.inf)
-    cols = np.arange(N)
-    ends_all = np.arange(L + 1)[:, None]
-    step_all = link[:N] + lam[None, :, None] if add else link[:N]
-    for b in range(L - 1, -1, -1):
-        last = int(inst.hi[:, b].max())  # no stage from b ends later
-        if last <= b:
-            G = np.full(N, np.inf)
-            H[b] = np.inf
-            continue
-        fp = inst.flops_prefix[b + 1 : last + 1, None] - inst.flops_prefix[b]
-        comp = fp * inv_speed
-        rest = (
-            comp + H[b + 1 : last + 1] if add else np.maximum(comp, H[b + 1 : last + 1])
-        )
-        rest[ends_all[b + 1 : last + 1] > inst.hi[:, b]] = np.inf
-        arg = rest.argmin(axis=0)
-        G = rest[arg, cols]
-        best_end[b] = arg + b + 1
-        step = step_all[:, :, b]
-        total = step + G if add else np.maximum(step, G)
-        best_next[b] = total.argmin(axis=1)
-        H[b] = total[cols, best_next[b]]
-    first = link[N, :, 0] + lam + G if add else np.maximum(link[N, :, 0], G)
+    if add:
+        step = inst.transfer if penalty is None else inst.transfer + penalty[:, None]
+        sink = inst.sink_transfer
+    else:
+        step, sink = inst.busy, inst.sink_busy
+    H, best_end, best_next, first = _dp_kernel().relaxed_dp(
+        inst.flops_prefix, 1.0 / inst.speed, inst.hi, step, sink, add
+    )
     u = int(first.argmin())
     start = float(first[u])
     path = []
@@ -723,7 +714,7 @@ def _relaxed_cost_to_go(
 
 
 def _lagrangian_bound(
-    inst: _Instance, iterations: int = 40
+    inst: _Instance, iterations: int = 100
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Multipliers for "each node takes at most one stage", by subgradient ascent.
 
@@ -913,36 +904,20 @@ class _Dominance:
         return False
 
 
-class _Budget(Exception):
-    """The first, cheap attempt of a search ran out of its label budget."""
-
-
-# Expansions allowed before the latency search stops and first sharpens its
-# bound with Lagrange multipliers (which costs a few dozen DP passes).
-_PLAIN_ATTEMPT_LABELS = 400
-
-
 def _search(
     inst: _Instance, mode: str, max_labels: int
 ) -> tuple[list[_Label], int, int]:
     """Return (labels, index of the optimal complete label, labels expanded).
 
-    The latency search first runs with the plain relaxed bound; when that
-    needs more than ``_PLAIN_ATTEMPT_LABELS`` expansions it restarts with the
-    Lagrangian bound, which is much tighter when the relaxation reuses nodes
-    but costs more to set up.
+    When the relaxed optimum of the latency problem reuses a node, the search
+    runs with the Lagrangian bound as well, which is much tighter there.
     """
     relaxed = _relaxed_cost_to_go(inst, mode)
+    lagrange = None
     if mode == _SUM and len(set(relaxed.path_nodes)) < len(relaxed.path_nodes):
-        budget = min(max_labels, _PLAIN_ATTEMPT_LABELS)
-        try:
-            return _best_first(inst, mode, relaxed.H, None, budget, raise_budget=True)
-        except _Budget:
-            pass
         lam, H_lam, _ = _lagrangian_bound(inst)
-        labels, goal, n = _best_first(inst, mode, relaxed.H, (lam, H_lam), max_labels)
-        return labels, goal, n + budget
-    return _best_first(inst, mode, relaxed.H, None, max_labels)
+        lagrange = (lam, H_lam)
+    return _best_first(inst, mode, relaxed.H, lagrange, max_labels)
 
 
 def _best_first(
@@ -951,7 +926,6 @@ def _best_first(
     H: np.ndarray,
     lagrange: tuple[np.ndarray, np.ndarray] | None,
     max_labels: int,
-    raise_budget: bool = False,
 ) -> tuple[list[_Label], int, int]:
     L, N = inst.L, inst.N
     add = mode == _SUM
@@ -1012,8 +986,6 @@ def _best_first(
             continue
         expanded += 1
         if expanded > max_labels:
-            if raise_budget:
-                raise _Budget
             raise PartitionSearchLimitError(
                 f"the exact search expanded {max_labels} partial plans without "
                 f"finishing ({L} layers, {N} nodes); the instance is hard for the "

@@ -309,12 +309,9 @@ def test_search_limit_raises_instead_of_running_forever():
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_lagrangian_path_is_exact_against_brute_force(seed, monkeypatch):
-    # Force the Lagrangian-bound search from the first label, on instances
-    # where one fast node with little memory tempts the relaxation to reuse it.
-    import ground._partition as partition
-
-    monkeypatch.setattr(partition, "_PLAIN_ATTEMPT_LABELS", 0)
+def test_lagrangian_path_is_exact_against_brute_force(seed):
+    # One fast node with little memory tempts the relaxation to reuse it, so
+    # the search runs with the Lagrangian bound.
     rng = random.Random(500 + seed)
     profile, nodes, table = random_instance(rng, rng.randint(3, 8), 4, seed % 5 == 0)
     fast = nodes[0]
