@@ -75,13 +75,27 @@ class IslConfig:
                 if not isinstance(value, int) or value < 1:
                     problems.append(f"grid topology needs {name} >= 1, got {value!r}")
         for name in ("max_range_km", "isl_rate_mbps", "ground_rate_mbps"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name}={getattr(self, name)!r} must be > 0")
+            value = getattr(self, name)
+            if not (_is_real(value) and 0 < value < math.inf):
+                problems.append(f"{name}={value!r} must be a finite number > 0")
         for name in ("atmosphere_km", "processing_ms"):
-            if not getattr(self, name) >= 0:
-                problems.append(f"{name}={getattr(self, name)!r} must be >= 0")
+            value = getattr(self, name)
+            if not (_is_real(value) and 0 <= value < math.inf):
+                problems.append(f"{name}={value!r} must be a finite number >= 0")
+        if self.topology == "grid" and isinstance(self.planes, int):
+            if not (isinstance(self.phasing, int) and 0 <= self.phasing < self.planes):
+                problems.append(
+                    f"phasing={self.phasing!r} must be an int in [0, planes-1]"
+                )
         if not (isinstance(self.max_terminals, int) and self.max_terminals >= 1):
             problems.append(f"max_terminals={self.max_terminals!r} must be an int >= 1")
+        if self.ground_terminals is not None and not (
+            isinstance(self.ground_terminals, int) and self.ground_terminals >= 1
+        ):
+            problems.append(
+                f"ground_terminals={self.ground_terminals!r} must be an int >= 1 "
+                "or None"
+            )
         if not -90.0 <= self.ground_min_elevation_deg <= 90.0:
             problems.append(
                 f"ground_min_elevation_deg={self.ground_min_elevation_deg!r} "
@@ -219,8 +233,9 @@ class IslNetwork:
     ) -> None:
         self.config = config
         self.names = tuple(name for name, _l1, _l2 in tles)
-        if len(set(self.names)) != len(self.names):
-            raise ValueError("satellite names must be unique")
+        repeated = sorted({n for n in self.names if self.names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"satellite names must be unique; repeated: {repeated}")
         problems = [
             f"{name}: {problem}"
             for name, l1, l2 in tles
@@ -242,10 +257,15 @@ class IslNetwork:
             )
         self.stations = tuple(_station_site(s, config) for s in stations)
         station_names = [s.name for s in self.stations]
-        if set(station_names) & set(self.names) or len(set(station_names)) != len(
-            station_names
-        ):
-            raise ValueError("station names must be unique and differ from satellites")
+        clash = sorted(
+            {n for n in station_names if station_names.count(n) > 1}
+            | (set(station_names) & set(self.names))
+        )
+        if clash:
+            raise ValueError(
+                "station names must be unique and differ from satellite names; "
+                f"repeated: {clash}"
+            )
         self.node_ids = self.names + tuple(station_names)
         self._grid = _grid_pairs(config) if config.topology == "grid" else None
 
@@ -255,9 +275,10 @@ class IslNetwork:
 
     def series(self, start: datetime, horizon_s: float, step_s: float) -> IslSeries:
         """Snapshots every ``step_s`` from ``start`` over ``horizon_s`` inclusive."""
-        if not step_s > 0 or not horizon_s >= 0:
+        if not (0 < step_s < math.inf and 0 <= horizon_s < math.inf):
             raise ValueError(
-                f"need step_s > 0 and horizon_s >= 0, got {step_s!r}, {horizon_s!r}"
+                "need a finite step_s > 0 and horizon_s >= 0, got "
+                f"step_s={step_s!r}, horizon_s={horizon_s!r}"
             )
         count = int(math.floor(horizon_s / step_s + 1e-9)) + 1
         times = [start + timedelta(seconds=k * step_s) for k in range(count)]
@@ -323,6 +344,12 @@ class IslNetwork:
             rate.astype(np.float64),
             kind_a,
         )
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not (
+        isinstance(value, bool)
+    )
 
 
 def _grid_pairs(cfg: IslConfig) -> np.ndarray:

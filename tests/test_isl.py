@@ -1,5 +1,6 @@
 """ISL topology from orbits: +Grid, nearest-visible, Earth blocking, ground links."""
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import networkx as nx
@@ -215,6 +216,38 @@ def test_config_problems_are_reported_together():
             walker_tles(2, 2, 0, 550.0, 53.0, EPOCH),
             IslConfig(planes=2, sats_per_plane=3),
         )
+
+
+def test_config_values_that_are_not_finite_are_named():
+    with pytest.raises(ValueError) as info:
+        IslConfig(
+            planes=4, sats_per_plane=4, phasing=4, isl_rate_mbps=math.inf,
+            processing_ms=math.nan, ground_terminals=0,
+        )  # fmt: skip
+    message = str(info.value)
+    for part in ("phasing=4", "isl_rate_mbps=inf", "processing_ms=nan"):
+        assert part in message
+    assert "ground_terminals=0" in message
+    network = IslNetwork(
+        walker_tles(2, 2, 0, 550.0, 53.0, EPOCH), IslConfig(planes=2, sats_per_plane=2)
+    )
+    for horizon_s, step_s in ((math.inf, 60.0), (600.0, math.nan)):
+        with pytest.raises(ValueError, match=f"step_s={step_s!r}, horizon_s="):
+            network.series(EPOCH, horizon_s, step_s)
+
+
+def test_repeated_names_are_listed():
+    tles = walker_tles(1, 2, 0, 550.0, 53.0, EPOCH)
+    nearest = IslConfig(topology="nearest")
+    with pytest.raises(ValueError, match=r"repeated: \['sat-00-00'\]"):
+        IslNetwork([tles[0], tles[0]], nearest)
+    with pytest.raises(ValueError, match=r"repeated: \['gs', 'sat-00-01'\]"):
+        IslNetwork(
+            tles,
+            nearest,
+            [("gs", Position(0, 0, 0)), ("gs", Position(1, 1, 0)),
+             ("sat-00-01", Position(2, 2, 0))],
+        )  # fmt: skip
 
 
 def test_a_decayed_satellite_gets_a_status_and_no_links_not_an_exception():
