@@ -111,9 +111,12 @@ class SpaceMesh:
         self._require(b)
         if a == b:
             raise ValueError(f"a link needs two different nodes, got {a!r} twice")
-        if not (isinstance(bandwidth_mbps, numbers.Real) and bandwidth_mbps > 0):
+        if not (
+            isinstance(bandwidth_mbps, numbers.Real) and 0 < bandwidth_mbps < math.inf
+        ):
             raise ValueError(
-                f"bandwidth_mbps={bandwidth_mbps!r} for link {a!r}-{b!r} must be > 0"
+                f"bandwidth_mbps={bandwidth_mbps!r} for link {a!r}-{b!r} must be a "
+                "finite number > 0"
             )
         if latency_ms is None:
             distance = self._distance_km(a, b)

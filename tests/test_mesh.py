@@ -166,6 +166,9 @@ def test_bad_link_values_and_metrics_are_rejected_with_the_value():
     mesh = example_mesh()
     with pytest.raises(ValueError, match="bandwidth_mbps=0"):
         mesh.add_link("sat-001", "sat-003", 0, 1.0)
+    for bandwidth in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=f"bandwidth_mbps={bandwidth}"):
+            mesh.add_link("sat-001", "sat-003", bandwidth, 1.0)
     with pytest.raises(ValueError, match="latency_ms=-1.0"):
         mesh.add_link("sat-001", "sat-003", 10.0, -1.0)
     with pytest.raises(ValueError, match="metric='cost'"):
