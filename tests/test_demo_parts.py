@@ -9,7 +9,7 @@ import pytest
 from agent._demo_orbit import contact_windows, station_from_dict, station_to_dict
 from agent._walker import walker_tles
 from ground._data import dirichlet_split, prepare_data, stratified_split
-from ground._demo import (
+from ground._demo_inputs import (
     DEFAULT_STATIONS,
     DemoError,
     DemoOptions,
