@@ -55,6 +55,20 @@ def shortest_paths(
     return sssp_backend().sssp(indptr, indices, weight, aux, source)
 
 
+def path_costs_us(dist_us: np.ndarray) -> np.ndarray:
+    """Finite path costs as uint32 microseconds; ValueError past what fits.
+
+    A cast alone would wrap a cost of 2**32 us (71.6 minutes) round to a small
+    number and make a far destination look near.
+    """
+    if dist_us.size and float(dist_us.max()) >= UNREACHABLE_US:
+        raise ValueError(
+            f"a path costs {float(dist_us.max()):.0f} us, more than the "
+            f"{UNREACHABLE_US - 1} us a routing row can hold"
+        )
+    return dist_us.astype(np.uint32)
+
+
 class RoutingTableError(ValueError):
     """A routing row on the wire is malformed; ``value`` holds the bad part."""
 
@@ -270,7 +284,7 @@ class RoutingTable:
         )
         reached = np.isfinite(dist)
         cost = np.full(dist.shape, UNREACHABLE_US, dtype=np.uint32)
-        cost[reached] = dist[reached].astype(np.uint32)
+        cost[reached] = path_costs_us(dist[reached])
         until = np.minimum(pmin, self.expires_s)
         until[~reached] = -math.inf
         old = self.next_hop

@@ -26,6 +26,7 @@ from agent._routing import (
     LinkGraph,
     RoutingTable,
     _to_unix_s,
+    path_costs_us,
     sssp_backend,
 )
 
@@ -121,7 +122,7 @@ def build_tables(
     # row d of dist/pred is the tree rooted at destination d: transpose
     reached = np.isfinite(dist.T)
     cost = np.full((n, n), UNREACHABLE_US, dtype=np.uint32)
-    cost[reached] = dist.T[reached].astype(np.uint32)
+    cost[reached] = path_costs_us(dist.T[reached])
     hop_dtype = np.int16 if n <= np.iinfo(np.int16).max else np.int32
     next_hop = pred.T.astype(hop_dtype)
     next_hop[~reached] = -1

@@ -269,3 +269,19 @@ def test_link_graph_rejects_bad_edges_naming_them():
         LinkGraph.from_edges(ids, np.array([1]), np.array([1]), np.array([1.0]))
     with pytest.raises(ValueError, match="edge 0 has weight -3.0 us"):
         LinkGraph.from_edges(ids, np.array([0]), np.array([1]), np.array([-3.0]))
+
+
+@pytest.mark.parametrize("method", ["kernel", "scipy"])
+def test_a_path_cost_past_uint32_is_an_error_not_a_wrapped_cost(method):
+    # two links of 3e9 us: each fits a row, their sum (6e9 us) does not
+    big = float(UNREACHABLE_US // 2 + 10**8)
+    graph = LinkGraph.from_edges(
+        ["a", "b", "c"], np.array([0, 1]), np.array([1, 2]), np.array([big, big])
+    )
+    with pytest.raises(ValueError, match="more than the 4294967294 us"):
+        build_tables(graph, expires=0.0, method=method)
+    with pytest.raises(ValueError, match="more than the 4294967294 us"):
+        RoutingTable.compute(graph, "a", expires=0.0)
+    assert RoutingTable.compute(graph, "b", expires=0.0).lookup("c").cost_ms == (
+        big / 1000.0
+    )
