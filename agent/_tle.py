@@ -403,7 +403,27 @@ def read_omm_text(text: str, fmt: str) -> TLELoad:
     except (json.JSONDecodeError, ET.ParseError) as exc:
         result.problems.append(TLEProblem(0, "", f"unreadable OMM {fmt}: {exc}"))
         return result
+    if not isinstance(records, list):
+        result.problems.append(
+            TLEProblem(
+                0,
+                "",
+                f"OMM {fmt} holds a {type(records).__name__}, expected a list of "
+                "records (objects with EPOCH, MEAN_MOTION, ...)",
+            )
+        )
+        return result
     for number, fields in enumerate(records, start=1):
+        if not isinstance(fields, dict):
+            result.problems.append(
+                TLEProblem(
+                    number,
+                    str(number),
+                    f"OMM record {number} is {fields!r:.40}, expected an object "
+                    "with EPOCH, MEAN_MOTION, ...",
+                )
+            )
+            continue
         name = str(fields.get("OBJECT_NAME") or fields.get("NORAD_CAT_ID") or number)
         problems = _omm_problems(fields)
         if not problems:

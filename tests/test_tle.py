@@ -226,6 +226,16 @@ def test_omm_record_with_a_bad_epoch_year_is_reported(tle_dir):
     assert "lacks MEAN_MOTION" in messages[1]
 
 
+def test_omm_json_that_is_not_a_list_of_records_is_reported(tle_dir):
+    assert "holds a int, expected a list" in str(read_omm_text("5", "json").problems[0])
+    _, records = _omm_records(tle_dir, 1)
+    load = read_omm_text(json.dumps([7, records[0], "x"]), "json")
+    assert len(load.entries) == 1
+    messages = [str(p) for p in load.problems]
+    assert "OMM record 1 is 7, expected an object" in messages[0]
+    assert "OMM record 3 is 'x', expected an object" in messages[1]
+
+
 def _omm_xml(records) -> str:
     metadata_keys = ("OBJECT_NAME", "OBJECT_ID", "CENTER_NAME", "REF_FRAME",
                      "TIME_SYSTEM", "MEAN_ELEMENT_THEORY")  # fmt: skip
