@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 # How long to wait for the ground's answer to one message, in wall seconds.
 # A window lasts about a second of wall time at 600x, so keep this short.
 REPLY_WAIT_S = 0.05
+# Wall seconds to wait for any answer to a HELLO before saying it again.
+HELLO_RETRY_S = 1.0
 
 
 class EventLog:
@@ -95,6 +97,8 @@ class DemoAgent:
         self.seq = 0
         self.stopping = False
         self.trained_version = -1
+        self.heard = False
+        self.hello_wall = 0.0
         curve = None
         if config.get("curve"):
             public, secret = load_secret(config["curve"]["secret"])
@@ -115,6 +119,10 @@ class DemoAgent:
 
     # -- messages --------------------------------------------------------
 
+    def _now_s(self) -> float:
+        """Unix seconds on the simulated clock, as the wire's send times are."""
+        return self.clock.now().timestamp()
+
     def _next_seq(self) -> int:
         self.seq += 1
         return self.seq
@@ -126,7 +134,7 @@ class DemoAgent:
 
     def _send_pending(self, window: Window) -> None:
         for entry in self.outbox.pending():
-            now_s = self.clock.elapsed_s()
+            now_s = self._now_s()
             data = W.encode_envelope(
                 W.MessageType.UPDATE, self.id, entry.round, entry.seq, now_s,
                 entry.body,
@@ -151,6 +159,7 @@ class DemoAgent:
                 "%s: dropped a bad message from the ground: %s", self.id, exc
             )
             return
+        self.heard = True
         if message.type is W.MessageType.MODEL:
             version = int(message.body["version"])
             if version >= self.model_version:
@@ -200,7 +209,7 @@ class DemoAgent:
             self.model_round,
             int(W.MessageType.UPDATE),
             W.encode_body(W.MessageType.UPDATE, body),
-            self.clock.elapsed_s(),
+            self._now_s(),
         )
         self.trained_version = self.model_version
         self.events.write(
@@ -219,20 +228,25 @@ class DemoAgent:
             (window.end - self.clock.sim_epoch).total_seconds()
         )
 
+    def _hello(self) -> None:
+        self._send(
+            W.hello(
+                self.id,
+                self._next_seq(),
+                self._now_s(),
+                model_version=self.model_version,
+                round=self.model_round,
+            )
+        )
+        self.hello_wall = time.time()
+
     def _in_contact(self, window: Window) -> None:
         end_wall = self._window_wall_end(window)
         self.events.write(
             "contact", station=window.station, duration_s=round(window.duration_s, 1)
         )
-        self._send(
-            W.hello(
-                self.id,
-                self._next_seq(),
-                self.clock.elapsed_s(),
-                model_version=self.model_version,
-                round=self.model_round,
-            )
-        )
+        self.heard = False
+        self._hello()
         self._send_pending(window)
         trained_for = self.trained_version
         while not self.stopping and time.time() < end_wall:
@@ -249,6 +263,10 @@ class DemoAgent:
                 if len(self.outbox):
                     self._send_pending(window)
                 continue
+            if not self.heard and time.time() - self.hello_wall > HELLO_RETRY_S:
+                # The link came up before the ground answered (a connection
+                # still being set up, a reply lost): ask again.
+                self._hello()
             self._pump(min(end_wall, time.time() + 0.1))
 
     def run(self) -> int:
