@@ -85,9 +85,27 @@ def format_tle(
     ``ndot_rev_day2`` is the first derivative of mean motion divided by two, as
     the TLE stores it.  Angles are reduced to [0, 360).
     """
+    if epoch.tzinfo is None:
+        # astimezone() would read a naive epoch as the host's local time
+        raise ValueError(
+            f"epoch={epoch.isoformat()} has no time zone; pass an aware UTC datetime"
+        )
     epoch = epoch.astimezone(UTC)
     if not 1957 <= epoch.year <= 2056:
         raise ValueError(f"epoch year {epoch.year} is outside 1957-2056")
+    angles = {
+        "inclination_deg": inclination_deg,
+        "raan_deg": raan_deg,
+        "arg_perigee_deg": arg_perigee_deg,
+        "mean_anomaly_deg": mean_anomaly_deg,
+        "bstar": bstar,
+        "ndot_rev_day2": ndot_rev_day2,
+    }
+    for label, value in angles.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{label}={value!r} is not a finite number")
+    if not 0.0 <= inclination_deg <= 180.0:
+        raise ValueError(f"inclination_deg={inclination_deg} is outside [0, 180]")
     if not 0 < catalog_number <= 99999:
         raise ValueError(f"catalog_number={catalog_number} is outside 1..99999")
     if not 0.0 <= eccentricity < 1.0:

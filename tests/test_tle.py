@@ -184,6 +184,25 @@ def test_format_tle_round_trips_through_sgp4():
     assert e2[:63] == l2[:63] and e1[18:32] == l1[18:32]
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"epoch": datetime(2024, 2, 29)}, "epoch=2024-02-29T00:00:00 has no time"),
+        ({"inclination_deg": float("nan")}, "inclination_deg=nan"),
+        ({"inclination_deg": 181.0}, "inclination_deg=181.0 is outside"),
+        ({"raan_deg": float("inf")}, "raan_deg=inf"),
+    ],
+)
+def test_format_tle_refuses_what_a_tle_cannot_hold(change, named):
+    elements = dict(
+        catalog_number=1, epoch=datetime(2024, 2, 29, tzinfo=UTC),
+        inclination_deg=53.0, raan_deg=0.0, eccentricity=0.0,
+        arg_perigee_deg=0.0, mean_anomaly_deg=0.0, mean_motion_rev_day=15.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=named):
+        format_tle(**{**elements, **change})
+
+
 def _omm_records(tle_dir, n=5):
     entries = load_elements(tle_dir / "stations_2024-11.txt").entries[:n]
     return entries, [exporter.export_omm(e.satrec, e.name) for e in entries]
