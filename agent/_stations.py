@@ -88,9 +88,17 @@ class GroundStation:
         if not isinstance(self.antennas, int) or self.antennas < 1:
             problems.append(f"antennas={self.antennas!r} must be an integer >= 1")
         if self.horizon_mask is not None:
-            mask = tuple(tuple(map(float, p)) for p in self.horizon_mask)
-            object.__setattr__(self, "horizon_mask", mask)
-            problems.extend(_mask_problems(mask))
+            try:
+                mask = tuple(tuple(map(float, p)) for p in self.horizon_mask)
+            except (TypeError, ValueError):
+                problems.append(
+                    f"horizon_mask={self.horizon_mask!r} must be a sequence of "
+                    "(azimuth_deg, elevation_deg) number pairs"
+                )
+                mask = None
+            if mask is not None:
+                object.__setattr__(self, "horizon_mask", mask)
+                problems.extend(_mask_problems(mask))
             if not problems:
                 order = np.argsort([p[0] % 360.0 for p in mask], kind="stable")
                 az = np.array([mask[i][0] % 360.0 for i in order])

@@ -110,6 +110,14 @@ def test_ground_station_names_every_problem():
         assert fragment in message
 
 
+@pytest.mark.parametrize("mask", [((0.0, "low"),), (5.0, 10.0), "north"])
+def test_a_horizon_mask_that_is_not_number_pairs_is_named(mask):
+    from agent._stations import GroundStation
+
+    with pytest.raises(ValueError, match="horizon_mask=.* must be a sequence of"):
+        GroundStation("gs", Position(0.0, 0.0), 1.0, 1.0, horizon_mask=mask)
+
+
 def test_horizon_mask_interpolates_across_north():
     from agent._stations import GroundStation
 
