@@ -71,6 +71,23 @@ POLL_S = 0.3
 # -- one run -----------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux for SIGTERM when the launcher dies.
+
+    The children run in their own session (a Ctrl-C reaches only the
+    launcher, which then stops them in order), so without this a launcher
+    killed with SIGKILL would leave the daemon serving forever.  Elsewhere
+    than Linux nothing is set and that case stays uncovered.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -231,6 +248,7 @@ def _launch(run: RunPlan, progress: Callable[[float, dict | None], None] | None)
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     procs["ground"] = spawn(
