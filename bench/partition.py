@@ -50,10 +50,9 @@ from ground._partition import (  # noqa: E402
     NodeType,
     PartitionOptimizer,
     PartitionSearchLimitError,
-    _Instance,
-    _relaxed_cost_to_go,
     as_link_model,
 )
+from ground._partition_search import _Instance, _relaxed_cost_to_go  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_S = 0.5
