@@ -126,3 +126,40 @@ def test_data_file_without_x_and_y_is_one_line_error(tmp_path):
 def test_zero_agents_is_one_line_error(tmp_path):
     line = _one_line_error(["--out", str(tmp_path), "--agents", "0"])
     assert "--agents 0" in line
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        try:
+            return "\nState:\tZ" not in status.read_text()
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.timeout(60)
+def test_kill_9_of_the_launcher_leaves_no_process_behind(tmp_path):
+    proc = _demo(["--out", str(tmp_path), "--agents", "2", "--hours", "20"])
+    pids_path = tmp_path / "run-orbitfl" / "pids.json"
+    deadline = time.time() + 30
+    while not pids_path.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert pids_path.exists(), "the launcher never started its processes"
+    time.sleep(1.0)  # let the children reach their main loops
+    children = json.loads(pids_path.read_text())
+    proc.kill()
+    proc.communicate()
+    deadline = time.time() + 15
+    alive = set(children.values())
+    while alive and time.time() < deadline:
+        for pid in list(alive):
+            if not _running(pid):
+                alive.discard(pid)
+        time.sleep(0.2)
+    assert not alive, f"still running after the launcher died: {children}"
