@@ -240,6 +240,11 @@ class ContactPlan:
         is 0.  Every malformed line is reported, with its number, in one
         ValueError.
         """
+        if epoch is not None and epoch.tzinfo is None:
+            raise ValueError(
+                f"epoch {epoch.isoformat()} has no time zone; pass an aware UTC "
+                "datetime"
+            )
         names: dict[str, str] = {}
         raw_contacts = []
         raw_ranges = []
@@ -256,9 +261,17 @@ class ContactPlan:
                 m = re.fullmatch(r"#\s*epoch\s+(\S+)", line)
                 if m and epoch is None:
                     try:
-                        epoch = datetime.fromisoformat(m.group(1))
+                        parsed = datetime.fromisoformat(m.group(1))
                     except ValueError:
                         problems.append(f"line {lineno}: bad epoch {m.group(1)!r}")
+                        continue
+                    if parsed.tzinfo is None:
+                        problems.append(
+                            f"line {lineno}: epoch {m.group(1)!r} has no time zone; "
+                            "write it as UTC, e.g. 2026-03-01T12:00:00+00:00"
+                        )
+                        continue
+                    epoch = parsed
                 continue
             fields = line.split()
             if fields[0] == "@" and len(fields) == 2:
@@ -289,6 +302,8 @@ class ContactPlan:
                 start = _ion_time(fields[2], epoch, offset_s)
                 end = _ion_time(fields[3], epoch, offset_s)
                 value = _ion_number(fields[6], "RATE" if kind == "contact" else "OWLT")
+                if kind == "range" and not 0.0 <= value < math.inf:
+                    raise ValueError(f"OWLT {fields[6]!r} must be a finite number >= 0")
                 if (
                     len(fields) == 8
                     and not 0.0 < _ion_number(fields[7], "CONFIDENCE") <= 1.0

@@ -270,6 +270,21 @@ def test_ion_absolute_times_and_malformed_lines():
         ContactPlan.from_ion("a contact +10 +5 1 2 100\n")
 
 
+def test_ion_plans_with_naive_epochs_or_negative_light_times_are_named():
+    with pytest.raises(ValueError, match="line 1: epoch '2026-03-01T12:00:00' has no"):
+        ContactPlan.from_ion(
+            "# epoch 2026-03-01T12:00:00\n@ 2026/03/01-12:00:10\n"
+            "a contact +0 +10 1 2 100\n"
+        )
+    with pytest.raises(ValueError, match="epoch 2026-03-01T12:00:00 has no time"):
+        ContactPlan.from_ion(
+            "a contact +0 +10 1 2 100\n", epoch=datetime(2026, 3, 1, 12)
+        )
+    for owlt in ("-1", "nan", "inf"):
+        with pytest.raises(ValueError, match=f"line 2: .*OWLT '{owlt}' must be"):
+            ContactPlan.from_ion(f"a contact +0 +10 1 2 100\na range +0 +10 1 2 {owlt}")
+
+
 def test_contacts_from_an_isl_series_follow_the_links():
     tles = walker_tles(8, 12, 1, 550.0, 53.0, EPOCH)
     cfg = IslConfig(
