@@ -520,6 +520,7 @@ def contacts_from_series(series, *, epoch: datetime | None = None) -> list[Conta
     snapshot only gives no contact.  Times are seconds after ``epoch``
     (default: the first snapshot's time).
     """
+    _require_aware(epoch, "epoch")
     snaps = series.snapshots
     if not snaps:
         return []
@@ -575,6 +576,9 @@ def contacts_from_windows(
     ``owlt_s`` or, by default, the light time over 3,000 km, a conservative
     LEO slant range.
     """
+    if epoch is None:
+        raise ValueError("contacts_from_windows needs the plan's epoch, got None")
+    _require_aware(epoch, "epoch")
     contacts = []
     for w in windows:
         station = getattr(w.station, "name", w.station)
@@ -586,6 +590,13 @@ def contacts_from_windows(
         owlt = DEFAULT_PASS_OWLT_S if owlt_s is None else owlt_s
         contacts.append(Contact(start, end, satellite, str(station), rate, owlt))
     return contacts
+
+
+def _require_aware(when: datetime | None, label: str) -> None:
+    if when is not None and when.tzinfo is None:
+        raise ValueError(
+            f"{label} {when.isoformat()} has no time zone; pass an aware UTC datetime"
+        )
 
 
 def _ion_absolute(token: str) -> datetime:

@@ -337,6 +337,17 @@ def test_contacts_from_predicted_passes_carry_the_pass_capacity():
     assert plan.time(route.arrival_s) <= window.end_time + timedelta(seconds=0.02)
 
 
+def test_plan_builders_reject_a_naive_epoch():
+    naive = EPOCH.replace(tzinfo=None)
+    with pytest.raises(ValueError, match="epoch 2026-03-01T12:00:00 has no time"):
+        contacts_from_windows("sat", [], naive)
+    series = IslNetwork(
+        walker_tles(1, 2, 0, 550.0, 53.0, EPOCH), IslConfig(topology="nearest")
+    ).series(EPOCH, 60.0, 60.0)
+    with pytest.raises(ValueError, match="epoch 2026-03-01T12:00:00 has no time"):
+        contacts_from_series(series, epoch=naive)
+
+
 @pytest.mark.parametrize("t_s", [0.0, 3600.0])
 def test_earliest_arrival_is_monotone_in_creation_time(t_s):
     # FIFO: a bundle created later never arrives earlier
