@@ -319,27 +319,42 @@ class _Occupancy:
         transfer = outcome.transfer
         remaining = float(transfer.size_mb)
         limit_s = self._s(limit)
-        pieces = []
         fit_ignoring_others = 0.0
-        for w in windows:
+        # The free slices of all windows, earliest first: when two stations
+        # see the satellite at once, a later pass at one can be free before
+        # the rest of an earlier, longer pass at the other.
+        slices = []
+        for k, w in enumerate(windows):
             rate = (
                 w.station.downlink_mbps
                 if transfer.direction == "down"
-                else (w.station.uplink_mbps)
+                else w.station.uplink_mbps
             )
-            if rate <= 0:
+            lo, hi = self._s(w.start_time), min(self._s(w.end_time), limit_s)
+            if rate <= 0 or hi <= lo:
                 continue
             offset, cum = self._profile(w)
             cum_mb = cum * rate / 8.0
+            fit_ignoring_others += float(np.interp(hi, offset, cum_mb)) - float(
+                np.interp(lo, offset, cum_mb)
+            )
+            for a, b in self._free(w.station, transfer.satellite, lo, hi):
+                slices.append((a, w.station.name, k, b, hi, w, offset, cum_mb))
+        slices.sort(key=lambda x: x[:3])
+
+        pieces = []
+        for a0, _name, _k, b0, hi, w, offset, cum_mb in slices:
+            if remaining <= 1e-9:
+                break
 
             def mb_at(s, offset=offset, cum_mb=cum_mb):
                 return float(np.interp(s, offset, cum_mb))
 
-            lo, hi = self._s(w.start_time), min(self._s(w.end_time), limit_s)
-            fit_ignoring_others += mb_at(hi) - mb_at(lo)
-            own = [(a, b) for _, a, b, _ in pieces]
-            for a, b in self._free(w.station, transfer.satellite, lo, hi, own):
-                if remaining <= 0:
+            free = [(a0, b0)]
+            for _, s, e, _ in pieces:  # the radio is busy with our own slices
+                free = [p for a, b in free for p in _subtract(a, b, s, e)]
+            for a, b in _merge(free):
+                if remaining <= 1e-9:
                     break
                 available = mb_at(b) - mb_at(a)
                 if available <= 1e-9:
@@ -354,8 +369,6 @@ class _Occupancy:
                     take = available
                 pieces.append((w, a, b, take))
                 remaining -= take
-            if remaining <= 1e-9:
-                break
 
         if remaining > 1e-9:
             outcome.reason = self._reason(

@@ -181,6 +181,38 @@ def test_priority_wins_contention_and_the_loser_is_told_why():
     assert plan.outcomes[0].transfer.satellite == b  # placement order
 
 
+def test_a_free_pass_at_another_station_beats_waiting_for_a_busy_one():
+    # Svalbard and Tromso see the same pass of a polar train; the leader fills
+    # Svalbard, so the follower must start at Tromso's AOS, not wait for
+    # Svalbard to free up although its Svalbard pass began first.
+    stations = [
+        STATIONS[1],
+        GroundStation("Tromso", Position(69.65, 18.96, 0.0), 150.0, 300.0),
+    ]
+    scheduler = SyncScheduler(stations)
+    for name, l1, l2 in _train(2, spacing_deg=6.0):
+        scheduler.add_satellite(name, l1, l2)
+    follower, leader = scheduler.satellites  # train-00-03 passes first
+    lead = scheduler.get_sync_windows(leader, 3, start=EPOCH)[0]
+    own = scheduler.get_sync_windows(follower, 3, start=EPOCH)
+    svalbard = next(w for w in own if w.station.name == "Svalbard")
+    tromso = next(w for w in own if w.station.name == "Tromso")
+    assert lead.station.name == "Svalbard"
+    assert svalbard.start_time < tromso.start_time < lead.end_time
+    plan = scheduler.plan_transfers(
+        [
+            Transfer(leader, 0.9 * lead.data_capacity_mb, priority=5),
+            Transfer(follower, 10.0),
+        ],
+        3,
+        start=EPOCH,
+    )
+    busy_until = plan.for_satellite(leader)[-1].end_time
+    assert busy_until > tromso.start_time
+    (small,) = plan.for_satellite(follower)
+    assert small.station == "Tromso" and small.start_time == tromso.start_time
+
+
 def test_the_plan_is_deterministic():
     scheduler = _scheduler(STATIONS, n_sats=3)
     transfers = [
