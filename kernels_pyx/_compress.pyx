@@ -140,6 +140,7 @@ cdef enum:
     BLOCK = 1024          # elements per streaming block (its keys stay in L1)
     DIGIT_BITS = 12       # radix digit of the exact selection
     DIGITS = 4096
+    PREFETCH_AHEAD = 64   # scatter-add: enough misses in flight to cover DRAM
 
 cdef enum:                # scan modes
     READ_ONLY = 0         # select from x, write nothing
@@ -1194,21 +1195,26 @@ cdef double _abs_sum(const real *x, Py_ssize_t n) noexcept nogil:
 
 cdef void _sign_bits(real *x, Py_ssize_t n, bint ef, real scale,
                      uint8_t *out) noexcept nogil:
-    cdef Py_ssize_t i, j, nb = (n + 7) // 8
+    """Pack sign bits (1 = non-negative), then leave x - sent if ef.
+
+    Branch-free: signs of gradients are coin flips to a branch predictor.
+    """
+    cdef Py_ssize_t i, j, nb = n // 8
     cdef uint8_t b
-    cdef real v
+    cdef real neg = -scale
     for i in range(nb):
         b = 0
         for j in range(8):
-            if i * 8 + j < n:
-                v = x[i * 8 + j]
-                if v >= 0:
-                    b |= 1 << j
-                    if ef:
-                        x[i * 8 + j] = v - scale
-                elif ef:
-                    x[i * 8 + j] = v - (-scale)
+            b |= <uint8_t>(x[i * 8 + j] >= 0) << j
         out[i] = b
+    if n % 8:
+        b = 0
+        for j in range(n - nb * 8):
+            b |= <uint8_t>(x[nb * 8 + j] >= 0) << j
+        out[nb] = b
+    if ef:
+        for i in range(n):
+            x[i] = x[i] - (scale if x[i] >= 0 else neg)
 
 
 def _sign_impl(src, g, bint ef):
@@ -1297,8 +1303,8 @@ cdef void _scatter(accum *acc, const uint32_t *idx, const real *v, Py_ssize_t k,
     """acc[idx[j]] += (accum)(w * v[j]); prefetching ahead hides the misses."""
     cdef Py_ssize_t j
     for j in range(k):
-        if j + 16 < k:
-            ofl_prefetch_w(&acc[idx[j + 16]])
+        if j + PREFETCH_AHEAD < k:
+            ofl_prefetch_w(&acc[idx[j + PREFETCH_AHEAD]])
         acc[idx[j]] = acc[idx[j]] + <accum>(w * <double>v[j])
 
 
