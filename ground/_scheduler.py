@@ -298,11 +298,8 @@ class _Occupancy:
             self._profiles[key] = (offset + self._s(w.start_time), cum)
         return self._profiles[key]
 
-    def _free(self, station: GroundStation, sat: str, lo: float, hi: float, own=()):
-        """Sub-intervals of [lo, hi] with a free antenna and an idle satellite.
-
-        ``own`` are the slices already taken by the transfer being placed.
-        """
+    def _free(self, station: GroundStation, sat: str, lo: float, hi: float):
+        """Sub-intervals of [lo, hi] with a free antenna and an idle satellite."""
         busy = self.station_busy.get(station.name, [])
         edges = sorted({lo, hi, *(x for a, b in busy for x in (a, b) if lo < x < hi)})
         free = []
@@ -311,7 +308,7 @@ class _Occupancy:
             in_use = sum(1 for s, e in busy if s <= mid < e)
             if in_use < station.antennas:
                 free.append((a, b))
-        for s, e in [*self.sat_busy.get(sat, []), *own]:
+        for s, e in self.sat_busy.get(sat, []):
             free = [piece for a, b in free for piece in _subtract(a, b, s, e)]
         return _merge(free)
 
