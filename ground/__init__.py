@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Link": "ground._partition",
     "LinkTable": "ground._partition",
     "InfeasiblePartitionError": "ground._partition",
+    "PartitionSearchLimitError": "ground._partition",
     # mesh routing tables (issue 5)
     "ConstellationTables": "ground._tables",
     "build_tables": "ground._tables",
