@@ -122,6 +122,8 @@ class CompressedUpdate:
         self.kind = kind
         self._tensors = tensors
         self._encoded: bytes | None = None
+        # The tensors never change; the aggregator asks for them per update.
+        self._declared = {t.name: (t.shape, t.dtype.name) for t in tensors}
 
     @property
     def method(self) -> CompressionType:
@@ -130,7 +132,7 @@ class CompressedUpdate:
     @property
     def tensors(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Tensor name -> (shape, dtype name), in sending order."""
-        return {t.name: (t.shape, t.dtype.name) for t in self._tensors}
+        return dict(self._declared)
 
     @property
     def num_elements(self) -> int:
@@ -346,6 +348,33 @@ class CompressedUpdate:
                 kb.scatter_add(acc, self._indices(t), t.values, w)
 
 
+# Every update of a run carries the same few configs: parse each once.  The
+# key is the config map itself (scalars only), so a different map is parsed
+# and validated in full; the cache is bounded against a sender varying it.
+_CONFIG_CACHE: dict[tuple, CompressionConfig] = {}
+_CONFIG_CACHE_MAX = 64
+
+
+def _config_from_wire(raw: Any) -> CompressionConfig:
+    key = None
+    if isinstance(raw, dict) and all(
+        isinstance(v, str | int | float | bool | None) for v in raw.values()
+    ):
+        key = tuple(sorted((str(k), type(v).__name__, v) for k, v in raw.items()))
+        config = _CONFIG_CACHE.get(key)
+        if config is not None:
+            return config
+    try:
+        config = CompressionConfig.from_dict(raw)
+    except (ValueError, TypeError) as exc:
+        raise UpdateFormatError(f"update config: {exc}", raw) from exc
+    if key is not None:
+        if len(_CONFIG_CACHE) >= _CONFIG_CACHE_MAX:
+            _CONFIG_CACHE.clear()
+        _CONFIG_CACHE[key] = config
+    return config
+
+
 class _WireReader:
     """Validate an untrusted wire map into a CompressedUpdate."""
 
@@ -377,10 +406,7 @@ class _WireReader:
             raise UpdateFormatError(
                 f"round_index {round_index!r} must be an int >= 0", round_index
             )
-        try:
-            config = CompressionConfig.from_dict(obj.get("config"))
-        except (ValueError, TypeError) as exc:
-            raise UpdateFormatError(f"update config: {exc}", obj.get("config")) from exc
+        config = _config_from_wire(obj.get("config"))
         method = obj.get("method")
         if method != config.method.value:
             raise UpdateFormatError(
@@ -510,14 +536,18 @@ class _WireReader:
             widths = self.array(
                 where, e, "index_widths", ("|u1",), -(-t.k // INDEX_BLOCK)
             )
-            if widths.size and int(widths.max()) > 32:
-                raise UpdateFormatError(
-                    f"{where} index block width {int(widths.max())} exceeds 32 bits",
-                    int(widths.max()),
-                )
-            from agent.kernels._compress_twin import packed_indices_len
-
-            expected = packed_indices_len(widths, t.k)
+            expected = 0
+            if widths.size:
+                top = int(widths.max())
+                if top > 32:
+                    raise UpdateFormatError(
+                        f"{where} index block width {top} exceeds 32 bits", top
+                    )
+                # All blocks but the last are full (INDEX_BLOCK indices).
+                last = t.k - (widths.size - 1) * INDEX_BLOCK
+                expected = (int(widths.sum(dtype=np.int64)) - int(widths[-1])) * (
+                    INDEX_BLOCK // 8
+                ) + (last * int(widths[-1]) + 7) // 8
             bits = self.array(where, e, "index_bits", ("|u1",), expected)
             try:
                 t.idx = kernels.unpack_indices(widths, bits, t.k, n)
