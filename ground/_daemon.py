@@ -59,6 +59,7 @@ _BATCH = 256
 # first update of a batch waits for its ACK (the journal fsync).
 _BATCH_BYTES = 8 * 1024 * 1024
 _POLL_CAP_S = 0.2  # longest poll, so stop() and deadlines are seen promptly
+_CLOSE_POLL_S = 0.002  # poll period while a checkpoint is being written
 # libzmq's own cap sits a little above the application's, so that a message
 # just over the cap reaches the decoder and is refused with a counted reason
 # and a NACK; anything larger is cut off by libzmq with the connection.
@@ -179,6 +180,13 @@ class GroundDaemon:
         self._auth: _Authenticator | None = None
         self._journal: Journal | None = None
         self._model_cache: tuple[tuple[int, int], bytes] | None = None
+        # A round close writes its checkpoint in this thread while the loop
+        # goes on ingesting the next round; every reply waits in _held until
+        # that checkpoint is durable (see _close_round).
+        self._closing: threading.Thread | None = None
+        self._closing_error: BaseException | None = None
+        self._closed_info: tuple | None = None
+        self._held: list[tuple[bytes, bytes]] = []
 
     # ------------------------------------------------------------------ public
 
@@ -323,6 +331,13 @@ class GroundDaemon:
         self._deadline_s = cp.round_opened_s + self.config.deadline_s
         self._round_agents: set[str] = set()
         self._round_count = 0
+        dropped = self._journal.drop_after(self._round)
+        if dropped:
+            log.warning(
+                "dropped the journal of round(s) %s: written while their "
+                "checkpoint was being saved, so none of it was ACKed",
+                dropped,
+            )
         self._seen = self._journal.seen()
 
         # Replay the round's accepted updates in the order they were accepted;
@@ -355,6 +370,11 @@ class GroundDaemon:
         self.metrics.pending.set(self._round_count)
 
     def _teardown(self) -> None:
+        if self._closing is not None:
+            try:
+                self._finish_close()
+            except BaseException:
+                log.exception("the last round's checkpoint failed")
         if self._sock is not None:
             # A clean stop lets the last ACKs out (an agent whose final ACK is
             # lost would resend to a daemon that is gone), but never hangs.
@@ -376,7 +396,13 @@ class GroundDaemon:
     def _loop(self) -> None:
         sock = self._sock
         while not self._stop.is_set():
+            if self._closing is not None and not self._closing.is_alive():
+                self._finish_close()
+                if self._max_rounds_reached():
+                    break
             wait_s = self.clock.wall_seconds(max(0.0, self._deadline_s - self._now_s()))
+            if self._closing is not None:
+                wait_s = min(wait_s, _CLOSE_POLL_S)
             if sock.poll(int(min(wait_s, _POLL_CAP_S) * 1000) + 1, zmq.POLLIN):
                 replies: list[tuple[bytes, bytes]] = []
                 batch_bytes = 0
@@ -397,12 +423,21 @@ class GroundDaemon:
                         log.exception("internal error handling a message; dropped")
                 # Durable first, then the ACKs: the heart of "no ACKed update lost".
                 self._journal.sync()
-                for identity, data in replies:
-                    self._send(identity, data)
-            self._maybe_close_round()
-            if self.config.max_rounds and self._rounds_closed >= self.config.max_rounds:
-                log.info("closed %d round(s): max_rounds reached", self._rounds_closed)
+                if self._closing is not None:
+                    self._held.extend(replies)
+                else:
+                    for identity, data in replies:
+                        self._send(identity, data)
+            if self._closing is None:
+                self._maybe_close_round()
+            if self._closing is None and self._max_rounds_reached():
                 break
+
+    def _max_rounds_reached(self) -> bool:
+        if self.config.max_rounds and self._rounds_closed >= self.config.max_rounds:
+            log.info("closed %d round(s): max_rounds reached", self._rounds_closed)
+            return True
+        return False
 
     def _send(self, identity: bytes, data: bytes) -> bool:
         try:
@@ -711,30 +746,61 @@ class GroundDaemon:
         self._round += 1
         self._round_opened_s = now
         self._deadline_s = now + self.config.deadline_s
-        write_checkpoint(
-            self._checkpoint_path,
-            Checkpoint(
-                self._round,
-                self.session.version,
-                self._rounds_closed + 1,
-                now,
-                self.session.model,
-                self.session.optimizer_state,
-            ),
+        checkpoint = Checkpoint(
+            self._round,
+            self.session.version,
+            self._rounds_closed + 1,
+            now,
+            self.session.model,
+            self.session.optimizer_state,
         )
-        self._journal.release(closed)
+        keys = self._journal.take_keys(closed)
+        self.metrics.pending.set(0)
+        self._round_agents = set()
+        self._round_count = 0
+        self._closed_info = (closed, outcome, duration_s, participants)
+
+        def save() -> None:
+            try:
+                write_checkpoint(self._checkpoint_path, checkpoint)
+                self._journal.release_files(closed, keys)
+            except BaseException as exc:
+                self._closing_error = exc
+
+        # The next round's updates are decoded, aggregated and journaled while
+        # the checkpoint is written, and their ACKs wait until it is durable,
+        # so a restart from the older checkpoint finds none of them ACKed
+        # (Journal.drop_after).  That needs the checkpointed arrays to stay
+        # still: the synchronous strategies touch the model only at a close,
+        # while FEDASYNC and FEDBUFF step it on arrival, so they save inline.
+        self._closing = threading.Thread(target=save, name="ground-checkpoint")
+        if self.aggregator.is_async:
+            save()
+            self._finish_close()
+        else:
+            self._closing.start()
+
+    def _finish_close(self) -> None:
+        """Once the round's checkpoint is durable: count it, push, send replies."""
+        thread, self._closing = self._closing, None
+        if thread.ident is not None:
+            thread.join()
+        error, self._closing_error = self._closing_error, None
+        if error is not None:
+            raise error
+        closed, outcome, duration_s, participants = self._closed_info
         self.metrics.rounds_closed.labels(outcome).inc()
         self.metrics.round_duration.observe(max(0.0, duration_s))
         self.metrics.participants.set(participants)
         self.metrics.round.set(self._round)
         self.metrics.model_version.set(self.session.version)
-        self.metrics.pending.set(0)
-        self._round_agents = set()
-        self._round_count = 0
-        self._rounds_closed += 1  # last: tests and callers poll this
+        self._rounds_closed += 1  # after the checkpoint: tests and callers poll this
         if self.on_round_closed is not None:
             self.on_round_closed(closed, outcome)
 
+        held, self._held = self._held, []
+        for identity, data in held:
+            self._send(identity, data)
         # Push the new round's model to every agent seen; ROUTER_MANDATORY
         # turns a departed agent into EHOSTUNREACH, and it is forgotten.
         if self.config.push_model and not (

@@ -180,25 +180,60 @@ class Journal:
 
     def release(self, epoch: int) -> None:
         """Keep only the keys of every round up to ``epoch``; drop their logs."""
+        if self._open is not None and self._open[0] <= epoch:
+            self.close()
+        self.release_files(epoch, self.take_keys(epoch))
+
+    def take_keys(self, epoch: int) -> dict[int, list[list]]:
+        """Hand over the keys this process wrote for rounds up to ``epoch``.
+
+        Called by the thread that writes the journal, so that
+        :meth:`release_files` can run in another one while new rounds are
+        written.
+        """
+        return {e: self._keys.pop(e) for e in list(self._keys) if e <= epoch}
+
+    def release_files(self, epoch: int, keys: dict[int, list[list]]) -> None:
+        """Append the keys of the logs up to ``epoch`` to ``seen.log``; drop them.
+
+        ``keys`` are those :meth:`take_keys` returned; logs not written by
+        this process are read back.  Touches no open log, so it may run
+        beside :meth:`write` for a later epoch.
+        """
         done = [e for e in self._epochs() if e <= epoch]
         if not done:
             return
-        keys = []
+        flat = []
         for e in done:
-            if e in self._keys:  # written by this process: no need to read back
-                keys.extend(self._keys.pop(e))
+            if e in keys:
+                flat.extend(keys[e])
             else:
-                keys.extend([r[0], r[1], r[2]] for r in _records(self._log(e))[0])
-        if keys:
+                flat.extend([r[0], r[1], r[2]] for r in _records(self._log(e))[0])
+        if flat:
             with open(self._seen_path, "ab") as f:
-                f.write(_frame(msgpack.packb(keys, use_bin_type=True)))
+                f.write(_frame(msgpack.packb(flat, use_bin_type=True)))
                 f.flush()
                 os.fsync(f.fileno())
-        if self._open is not None and self._open[0] in done:
-            self.close()
+        # No fsync of the directory: a log whose unlink is lost in a crash is
+        # older than the checkpoint, so it is never replayed, and its keys are
+        # already durable in seen.log.
         for e in done:
             self._log(e).unlink()
-        _fsync_dir(self.dir)
+
+    def drop_after(self, epoch: int) -> list[int]:
+        """Delete the logs of rounds after ``epoch``; return their epochs.
+
+        The daemon ACKs nothing of a round before the checkpoint that opens
+        it is durable, so such logs hold only unacknowledged records (written
+        while that checkpoint was being saved when the daemon died); their
+        agents still hold the updates and resend them.
+        """
+        later = [e for e in self._epochs() if e > epoch]
+        for e in later:
+            self._log(e).unlink()
+        if later:
+            _fsync_dir(self.dir)
+        return later
 
 
 @dataclass

@@ -42,6 +42,28 @@ def test_release_keeps_the_keys_and_drops_the_bodies(tmp_path):
     assert Journal(tmp_path).seen() == {("a", 0, 1), ("b", 0, 2)}
 
 
+def test_release_files_runs_beside_writes_of_the_next_round(tmp_path):
+    j = Journal(tmp_path)
+    j.append([(_row("a", 1), 0)])
+    keys = j.take_keys(0)
+    j.append([(_row("b", 2), 1)])  # the next round, while round 0 is released
+    j.release_files(0, keys)
+    assert not (tmp_path / "journal-0.log").exists()
+    assert [r.agent for r in j.replay(1)] == ["b"]
+    j.close()
+    assert Journal(tmp_path).seen() == {("a", 0, 1), ("b", 0, 2)}
+
+
+def test_logs_newer_than_the_checkpoint_are_dropped_with_their_keys(tmp_path):
+    j = Journal(tmp_path)
+    j.append([(_row("a", 1), 0), (_row("b", 2), 1), (_row("c", 3), 2)])
+    assert j.drop_after(0) == [1, 2]
+    j.close()
+    j = Journal(tmp_path)
+    assert j.seen() == {("a", 0, 1)}  # b and c were never ACKed: not duplicates
+    assert [r.agent for r in j.replay(0)] == ["a"]
+
+
 def test_corrupted_record_stops_replay_there(tmp_path):
     j = Journal(tmp_path)
     j.append([(_row("a", 1), 0), (_row("b", 2), 0)])
