@@ -14,8 +14,12 @@
 - deletes an update from the outbox only when its ACK arrives.
 
 It composes the project's pieces (wire format, DEALER transport with CURVE,
-outbox, trainer) and adds the demo's only extra: an event log of JSON lines
-that the launcher reads to build the report.  It never imports scikit-learn.
+outbox, trainer, pass predictor) rather than running ``python -m agent run``
+for two reasons: that loop trains once per ground *round*, which under
+FEDBUFF/FEDASYNC is the daemon's checkpoint period (hours), whereas this one
+trains once per new model *version*; and the report needs an event log of
+what was sent when, over which station, and which ACKs came back (JSON
+lines, read by the launcher).  It never imports scikit-learn.
 """
 
 import json
