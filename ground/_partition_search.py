@@ -256,13 +256,19 @@ def _lagrangian_bound(
     relaxed = best
     theta = 1.0
     stall = 0
+    upper = math.inf  # the cost of the best plan met on the way
     for _ in range(iterations):
+        if not math.isfinite(relaxed.start):
+            break
         uses = np.bincount(relaxed.path_nodes, minlength=N).astype(float)
+        if not (uses > 1).any():
+            # the relaxed optimum is a plan: its cost without the penalties
+            upper = min(upper, relaxed.start - float(lam @ uses))
         grad = uses - 1.0
         grad[(lam <= 0) & (grad < 0)] = 0.0  # lam stays >= 0
-        if not math.isfinite(relaxed.start) or not (uses > 1).any():
+        if not grad.any() or best_value >= upper * (1 - 1e-12):
             break
-        target = best_value * 1.05 + 1e-9
+        target = min(upper, best_value * 1.05 + 1e-9)
         step = theta * (target - (relaxed.start - lam.sum())) / float(grad @ grad)
         lam = np.maximum(0.0, lam + step * grad)
         relaxed = _relaxed_cost_to_go(inst, _SUM, lam)
