@@ -135,16 +135,17 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     header = (
-        f"{'satellite':<24} {'station':<12} {'AOS (UTC)':<19} {'TCA':<8} "
-        f"{'LOS':<8} {'dur s':>7} {'max el':>6} {'down MB':>9} {'up MB':>8} flags"
+        f"{'satellite':<24} {'station':<12} {'AOS (UTC)':<19} {'TCA':<11} "
+        f"{'LOS':<11} {'dur s':>8} {'max el':>6} {'down MB':>9} {'up MB':>8} flags"
     )
     print(header)
     for w in search.windows:
         flags = ",".join(f.name for f in type(w.flags) if f and f in w.flags)
         print(
             f"{w.satellite[:24]:<24} {w.station.name[:12]:<12} "
-            f"{w.start_time:%Y-%m-%d %H:%M:%S} {w.tca_time:%H:%M:%S} "
-            f"{w.end_time:%H:%M:%S} {w.duration_seconds:7.1f} "
+            f"{w.start_time:%Y-%m-%d %H:%M:%S} "
+            f"{_clock(w.tca_time, w.start_time):<11} "
+            f"{_clock(w.end_time, w.start_time):<11} {w.duration_seconds:8.1f} "
             f"{w.max_elevation_deg:6.2f} {w.data_capacity_mb:9.1f} "
             f"{w.uplink_capacity_mb:8.1f} {flags}"
         )
@@ -153,3 +154,9 @@ def _run(args: argparse.Namespace) -> int:
         f"{len(stations)} stations, {len(search.failed)} could not be propagated"
     )
     return 0
+
+
+def _clock(t: datetime, aos: datetime) -> str:
+    """HH:MM:SS, with +Nd when ``t`` falls N days after the AOS date."""
+    days = (t.date() - aos.date()).days
+    return f"{t:%H:%M:%S}" + (f"+{days}d" if days else "")

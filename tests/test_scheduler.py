@@ -307,6 +307,18 @@ def test_passes_cli_json_matches_the_library(tle_dir):
     assert table.stdout.count("\n") >= 10
 
 
+def test_passes_cli_table_marks_times_on_later_days(tle_dir):
+    out = _run_cli(
+        "--tle", str(tle_dir / "goes_2022-02.txt"), "--station", "KSC,28.57,-80.65,0",
+        "--start", "2022-02-03T00:00:00Z", "--hours", "48",
+        "--satellite", "GOES 16 [+]",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    row = out.stdout.splitlines()[1]
+    assert "2022-02-03 00:00:00" in row and "00:00:00+2d" in row
+    assert "ALWAYS_VISIBLE" in row
+
+
 def test_passes_cli_reports_bad_input_in_one_line(tle_dir):
     path = tle_dir / "noaa_2022-02.txt"
     bad = _run_cli("--tle", str(path), "--station", "X,100,0,0", "--start",
