@@ -203,9 +203,19 @@ class ContactPredictor:
     def next_window(self, t: datetime) -> ContactWindow | None:
         """The window open at ``t`` (the one ending first), else the next to open.
 
-        None when no window opens within the prediction horizon.
+        None when no window opens within ``horizon_hours`` of ``t``.
         """
         self._ensure(t)
+        found = self._next_cached(t)
+        if found is None and self._until < t + timedelta(hours=self.horizon_hours):
+            # the cache may end as little as half a horizon after t: look the
+            # whole horizon ahead before answering "none"
+            self._from = None
+            self._ensure(t)
+            found = self._next_cached(t)
+        return found
+
+    def _next_cached(self, t: datetime) -> ContactWindow | None:
         i = bisect.bisect_right(self._starts, t)
         if i > 0 and self._reach[i - 1] >= t:
             open_now = [w for w in self._windows[:i] if w.end_time >= t]

@@ -7,6 +7,7 @@ dip between two passes near perigee, so the deep-space sets are also checked
 point by point with skyfield's elevation function.
 """
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -491,6 +492,26 @@ def test_contact_predictor_rejects_a_bad_tle():
             "2 25544  51.6416  84.5238 0006703  73.8715  43.4560 15.50000000430000",
             list(STATIONS),
         )
+
+
+def test_next_window_looks_a_whole_horizon_ahead_of_a_cached_query(sets):
+    iss = sets("stations_2024-11.txt")[0]
+    station = STATIONS[0]
+    t0 = _median_epoch([iss])
+    full = find_windows([(iss.name, iss.satrec)], [station], t0, 24.0).windows
+    # a pass after a gap of more than 3 h; ask 3 h before it, from a cache
+    # built 1.9 h earlier (which ends 1 h before the pass)
+    after_gap = next(
+        b
+        for a, b in itertools.pairwise(full)
+        if b.start_time - a.end_time > timedelta(hours=3.2)
+    )
+    asked = after_gap.start_time - timedelta(hours=3)
+    predictor = ContactPredictor(iss.line1, iss.line2, [station], horizon_hours=4)
+    predictor.link_up(asked - timedelta(hours=1.9))
+    found = predictor.next_window(asked)
+    assert found is not None
+    assert abs((found.start_time - after_gap.start_time).total_seconds()) < 2e-3
 
 
 @pytest.mark.parametrize(
