@@ -25,8 +25,9 @@ reported with the reason.  The same inputs always give the same plan.
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -162,10 +163,17 @@ class SyncScheduler:
     def add_tle_file(self, path: str | Path) -> TLELoad:
         """Add every good entry of a TLE or OMM file; return what was read.
 
-        Bad entries are skipped and listed in the returned ``problems``.
+        Bad entries are skipped and listed in the returned ``problems``.  A name
+        that several entries of the file share (CelesTrak's "FALCON 9 DEB")
+        becomes ``"NAME (CATALOG)"`` for each of them, so none replaces
+        another; the returned entries carry the names used.
         """
         load = load_elements(path)
-        for entry in load.entries:
+        counts = Counter(entry.name for entry in load.entries)
+        for k, entry in enumerate(load.entries):
+            if counts[entry.name] > 1:
+                entry = replace(entry, name=f"{entry.name} ({entry.satrec.satnum})")
+                load.entries[k] = entry
             self._sats[entry.name] = entry.satrec
         return load
 

@@ -225,6 +225,16 @@ def test_the_plan_is_deterministic():
     assert len(plan_a.allocations) >= len(transfers)
 
 
+def test_entries_sharing_a_name_are_all_kept_under_their_catalog_numbers(tle_dir):
+    scheduler = SyncScheduler(STATIONS)
+    load = scheduler.add_tle_file(tle_dir / "starlink_2023-07-18.txt")
+    assert len(scheduler.satellites) == len(load.entries) == 4428
+    debris = sorted(n for n in scheduler.satellites if n.startswith("FALCON 9 DEB"))
+    assert len(debris) == 16 and debris[0] == "FALCON 9 DEB (48607)"
+    assert "FALCON 9 DEB" not in scheduler.satellites
+    assert {e.name for e in load.entries} == set(scheduler.satellites)
+
+
 def test_unknown_and_failed_satellites_are_reported(tle_dir):
     scheduler = SyncScheduler(STATIONS)
     scheduler.add_tle_file(tle_dir / "starlink_2023-07-18.txt")
