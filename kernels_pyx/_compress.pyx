@@ -355,10 +355,10 @@ cdef ScanResult _scan_f32(float *r, const float *g, Py_ssize_t n, int mode,
     taken: the caller restores it) and the pass still completes ADD_WRITE.
     """
     cdef ScanResult res
-    cdef Py_ssize_t i0 = 0, m, j, t, base
+    cdef Py_ssize_t i0 = 0, m, j, t, base, ns = 0, nb = 0, si, bi
     cdef uint32_t mask
-    cdef int32_t kb
-    cdef float a
+    cdef int sure
+    cdef float a, v
     cdef int32_t t_any = t_lo if t_lo <= t_hi else t_hi + 1
     res.sure = 0
     res.band = 0
@@ -378,27 +378,27 @@ cdef ScanResult _scan_f32(float *r, const float *g, Py_ssize_t n, int mode,
         for j in range(0, m, 16):
             mask = ofl_mask16_ge(&keys[j], t_any)
             while mask:
+                # branch-free: whether a hit is sure or banded is a coin flip
+                # to the predictor; both lists get the write, one advances
                 t = j + ofl_ctz(mask)
                 mask &= mask - 1
-                kb = keys[t]
                 base = i0 + t
-                if kb > t_hi:
-                    if res.sure < cap_sure:
-                        oi[res.sure] = <uint32_t>base
-                        ov[res.sure] = r[base]
-                        if mode != READ_ONLY:
-                            r[base] = 0
-                    else:
-                        res.overflow = True
-                    res.sure += 1
-                elif kb >= t_lo:
-                    if res.band < cap_band:
-                        cand[res.band] = <uint32_t>base
-                        cval[res.band] = r[base]
-                    else:
-                        res.overflow = True
-                    res.band += 1
+                v = r[base]
+                sure = keys[t] > t_hi
+                si = ns if ns < cap_sure else cap_sure
+                bi = nb if nb < cap_band else cap_band
+                oi[si] = <uint32_t>base
+                ov[si] = v
+                cand[bi] = <uint32_t>base
+                cval[bi] = v
+                if mode != READ_ONLY:
+                    r[base] = 0 if sure & (ns < cap_sure) else v
+                ns += sure
+                nb += 1 - sure
         i0 += m
+    res.sure = ns
+    res.band = nb
+    res.overflow = ns > cap_sure or nb > cap_band
     return res
 
 
@@ -611,11 +611,12 @@ def _run_scan(src, g, int mode, int64_t t_hi, int64_t t_lo, Py_ssize_t cap_sure,
               Py_ssize_t cap_band):
     """Run one scan; return (result dict, oi, ov, cand, cval)."""
     cdef Py_ssize_t n = src.size
-    cdef uint32_t[::1] oi = np.empty(max(cap_sure, 1), np.uint32)
-    cdef uint32_t[::1] cand = np.empty(max(cap_band, 1), np.uint32)
+    # one spare slot each: the branch-free scan parks unrecorded hits there
+    cdef uint32_t[::1] oi = np.empty(cap_sure + 1, np.uint32)
+    cdef uint32_t[::1] cand = np.empty(cap_band + 1, np.uint32)
     cdef int32_t[::1] keys = np.empty(BLOCK + 16, np.int32)
-    ov = np.empty(max(cap_sure, 1), src.dtype)
-    cval = np.empty(max(cap_band, 1), src.dtype)
+    ov = np.empty(cap_sure + 1, src.dtype)
+    cval = np.empty(cap_band + 1, src.dtype)
     cdef float[::1] r32, v32, c32
     cdef double[::1] c64
     cdef const float[::1] g32
@@ -1063,15 +1064,18 @@ cdef void _quantize(real *r, const real *g, bint ef, Py_ssize_t n, int bits,
         ci += 1
 
 
-def _quantize_impl(src, g, int bits, Py_ssize_t chunk, bint stochastic, seed, bint ef):
+def _quantize_impl(src, g, int bits, Py_ssize_t chunk, bint stochastic, seed, bint ef,
+                   out):
     cdef Py_ssize_t n = src.size
     cdef Py_ssize_t nchunks = (n + chunk - 1) // chunk
     cdef Py_ssize_t m = min(n, chunk)
     cdef uint64_t s = seed
     amax = np.empty(nchunks, src.dtype)
-    codes = np.empty(n, np.uint8)
+    if out is None:
+        out = np.empty(cc.packed_len(n, bits), np.uint8)
+    codes = out if bits == 8 else np.empty(n, np.uint8)
     if n == 0:
-        return codes, amax
+        return out, amax
     acc = np.empty(m if ef else 1, src.dtype)
     deq = np.empty(m if ef else 1, src.dtype)
     cdef uint16_t[::1] u = np.empty(m if stochastic else 1, np.uint16)
@@ -1093,35 +1097,37 @@ def _quantize_impl(src, g, int bits, Py_ssize_t chunk, bint stochastic, seed, bi
             _quantize(&r64[0], &g64[0], ef, n, bits, chunk, stochastic, s, &a64[0],
                       &u[0], &cv[0], &d64[0], &m64[0])
     if bits == 8:
-        return codes, amax
-    packed = np.empty(cc.packed_len(n, bits), np.uint8)
-    cdef uint8_t[::1] pv = packed
+        return out, amax
+    cdef uint8_t[::1] pv = out
     with nogil:
         _pack(&cv[0], n, bits, &pv[0])
-    return packed, amax
+    return out, amax
 
 
-def quantize(x, bits, chunk_size, stochastic=False, seed=0):
+def quantize(x, bits, chunk_size, stochastic=False, seed=0, out=None):
     """Return (packed codes uint8, per-chunk largest magnitude in x's dtype).
 
     Code q + 2**(bits-1) for level q = round(x / amax * L), L = 2**(bits-1) - 1,
     saturated to [-L, L]; ``stochastic`` rounds up with probability equal to
-    the fraction (a 16-bit counter-based draw per element).
+    the fraction (a 16-bit counter-based draw per element).  ``out``, if
+    given, receives the packed codes (no allocation).
     """
     bits, chunk, seed = cc.check_bits(bits), cc.check_chunk(chunk_size), cc.check_seed(seed)
     a = cc.as_vector(x)
     cc.check_size(a.size)
+    out = cc.check_out(out, cc.packed_len(a.size, bits))
     _raise_if_nonfinite(a)
-    return _quantize_impl(a, None, bits, chunk, bool(stochastic), seed, False)
+    return _quantize_impl(a, None, bits, chunk, bool(stochastic), seed, False, out)
 
 
-def ef_quantize(residual, grad, bits, chunk_size, stochastic=False, seed=0):
+def ef_quantize(residual, grad, bits, chunk_size, stochastic=False, seed=0, out=None):
     """Error-feedback quantization: residual keeps what the codes do not carry."""
     bits, chunk, seed = cc.check_bits(bits), cc.check_chunk(chunk_size), cc.check_seed(seed)
+    out = cc.check_out(out, cc.packed_len(np.asarray(residual).size, bits))
     residual, g = cc.check_residual(residual, grad)
     cc.check_size(residual.size)
     _raise_if_nonfinite(g)
-    return _quantize_impl(residual, g, bits, chunk, bool(stochastic), seed, True)
+    return _quantize_impl(residual, g, bits, chunk, bool(stochastic), seed, True, out)
 
 
 cdef void _dequantize(const uint8_t *codes, const real *amax, Py_ssize_t n, int bits,

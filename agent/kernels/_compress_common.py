@@ -22,6 +22,7 @@ U64_MASK = (1 << 64) - 1
 # accepted band), retry with a doubled sample, then fall back to exact top-k.
 SAMPLE_ABOVE = 256
 SAMPLE_BLOCK = 16
+SAMPLE_MIN_BLOCKS = 16
 THRESHOLD_ATTEMPTS = 3
 
 # Delta-coded indices are bit-packed in blocks of this many, one width per block.
@@ -172,6 +173,25 @@ def check_indices(idx: Any, n: int, count: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.uint32)
 
 
+def check_out(out: Any, size: int) -> np.ndarray | None:
+    """Check a caller-supplied uint8 output buffer of exactly ``size`` bytes."""
+    if out is None:
+        return None
+    if (
+        not isinstance(out, np.ndarray)
+        or out.dtype != np.uint8
+        or out.ndim != 1
+        or out.size != size
+        or not (out.flags.c_contiguous and out.flags.writeable)
+    ):
+        raise ValueError(
+            f"out must be a writeable contiguous uint8 array of {size} bytes, got "
+            f"{getattr(out, 'dtype', type(out).__name__)} of shape "
+            f"{getattr(out, 'shape', None)}"
+        )
+    return out
+
+
 def quant_levels(bits: int) -> tuple[int, int]:
     """Return (largest level L, offset) for ``bits``: codes are q + offset."""
     half = 1 << (bits - 1)
@@ -185,8 +205,10 @@ def packed_len(count: int, bits: int) -> int:
 def sample_blocks(n: int, k: int, attempt: int) -> int:
     """Return how many sample blocks attempt ``attempt`` draws; 0 = go exact."""
     want = -(-SAMPLE_ABOVE * n // k) << attempt
-    blocks = -(-want // SAMPLE_BLOCK)
-    if n < 4 * SAMPLE_BLOCK or 2 * blocks * SAMPLE_BLOCK >= n:
+    # never sample more than 1/16 of the vector: past that, sampling costs
+    # more than it saves, and an exact select is as cheap
+    blocks = min(-(-want // SAMPLE_BLOCK), n // (16 * SAMPLE_BLOCK))
+    if blocks < SAMPLE_MIN_BLOCKS:
         return 0
     return blocks
 

@@ -343,29 +343,43 @@ def _check_quant_args(bits, chunk_size, seed):
     return cc.check_bits(bits), cc.check_chunk(chunk_size), cc.check_seed(seed)
 
 
-def quantize(x, bits: int, chunk_size: int, stochastic: bool = False, seed: int = 0):
+def quantize(
+    x, bits: int, chunk_size: int, stochastic: bool = False, seed: int = 0, out=None
+):
     """Return (packed codes uint8, per-chunk largest magnitude in x's dtype).
 
     Code q + 2**(bits-1) for level q = round(x / amax * L), L = 2**(bits-1) - 1,
     saturated to [-L, L]; ``stochastic`` rounds up with probability equal to
-    the fraction (a 16-bit counter-based draw per element).
+    the fraction (a 16-bit counter-based draw per element).  ``out``, if
+    given, receives the packed codes (no allocation).
     """
     bits, chunk, seed = _check_quant_args(bits, chunk_size, seed)
     a = cc.as_vector(x)
     cc.check_size(a.size)
+    out = cc.check_out(out, cc.packed_len(a.size, bits))
     _raise_if_nonfinite(a)
     amax = _chunk_amax(a, chunk)
-    return _pack(_codes(a, amax, bits, chunk, stochastic, seed), bits), amax
+    return _into(out, _pack(_codes(a, amax, bits, chunk, stochastic, seed), bits)), amax
 
 
-def ef_quantize(residual, grad, bits: int, chunk_size: int, stochastic=False, seed=0):
+def _into(out, packed):
+    if out is None:
+        return packed
+    out[...] = packed
+    return out
+
+
+def ef_quantize(
+    residual, grad, bits: int, chunk_size: int, stochastic=False, seed=0, out=None
+):
     """Error-feedback quantization: residual keeps what the codes do not carry."""
     bits, chunk, seed = _check_quant_args(bits, chunk_size, seed)
+    out = cc.check_out(out, cc.packed_len(np.asarray(residual).size, bits))
     residual, acc = _accumulate(residual, grad)
     amax = _chunk_amax(acc, chunk)
     codes = _codes(acc, amax, bits, chunk, stochastic, seed)
     residual[...] = acc - _dequant(codes, amax, bits, chunk)
-    return _pack(codes, bits), amax
+    return _into(out, _pack(codes, bits)), amax
 
 
 def _check_codes(packed, amax, n, bits, chunk) -> tuple[np.ndarray, np.ndarray]:
