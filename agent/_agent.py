@@ -5,14 +5,16 @@ One thread does everything, in this order each turn:
 1. expire outbox entries past their expiry (simulated clock), logging each;
 2. if the link is down, sleep ``link_poll_s`` and start over: updates wait in
    the outbox, nothing is sent;
-3. send every outbox entry whose retry time has come (first send at once,
-   then exponential backoff with jitter, on the wall clock since it paces a
-   physical link), each wrapped in a fresh envelope;
+3. for every outbox entry whose retry time has come (first at once, then
+   exponential backoff with jitter, on the wall clock since it paces a
+   physical link), ask the ground for credit (a small ``CREDIT`` message);
+   the update itself, wrapped in a fresh envelope, goes when the ground
+   grants it, so the ground bounds how many updates are in flight toward it;
 4. with nothing in flight, say HELLO every ``hello_interval_s`` (the ground
    answers MODEL when a newer round or version exists, HEARTBEAT otherwise);
 5. read replies: MODEL starts local training for a round not yet trained;
-   ACK deletes the update from the outbox; NACK deletes it too and logs the
-   reason (the ground will never take it).
+   CREDIT sends the granted update; ACK deletes the update from the outbox;
+   NACK deletes it too and logs the reason (the ground will never take it).
 
 An update is in the outbox (SQLite, fsync'd) before its first send, and the
 round it was trained for is recorded in the same database, so an agent that
@@ -157,6 +159,8 @@ class Agent:
         self.held: tuple[int, int] | None = None  # (round, version) of the model
         self._weights: dict[str, np.ndarray] | None = None
         self._retry_at: dict[tuple[int, int], float] = {}
+        # (kind, attempts) of each entry asked for credit, for its grant.
+        self._asked: dict[tuple[int, int], tuple[int, int]] = {}
         self._next_hello = 0.0
         self._next_expiry = 0.0
         self._hellos_unanswered = 0
@@ -277,21 +281,35 @@ class Agent:
         keys = {(r, s) for r, s, _, _ in waiting}
         for key in [k for k in self._retry_at if k not in keys]:
             del self._retry_at[key]
+            self._asked.pop(key, None)
         for rnd, seq, kind, attempts in waiting:
             key = (rnd, seq)
             if self._retry_at.get(key, 0.0) > now:
                 continue
-            body = self.outbox.body(rnd, seq)
-            if body is None:
-                continue
-            data = wire.encode_envelope(
-                wire.MessageType(kind), self.id, rnd, seq, self._now_s(), body
+            ask = wire.credit(
+                self.id, self.outbox.next_seq(), self._now_s(), of=(self.id, rnd, seq)
             )
-            sent = self._transport.send(data)
+            self._transport.send(wire.encode(ask))
             self.outbox.mark_sent(rnd, seq, self._now_s())
+            self._asked[key] = (kind, attempts)
             self._retry_at[key] = now + self.backoff.delay_s(attempts)
-            if sent:
-                log.debug("%s: sent update %s (%d bytes)", self.id, key, len(data))
+
+    def _on_credit(self, rnd: int, seq: int) -> None:
+        """The ground grants an update: send it now, wait for its ACK."""
+        key = (rnd, seq)
+        body = self.outbox.body(rnd, seq) if key in self._asked else None
+        if body is None:
+            return  # settled or dropped meanwhile; the grant times out
+        kind, attempts = self._asked[key]
+        data = wire.encode_envelope(
+            wire.MessageType(kind), self.id, rnd, seq, self._now_s(), body
+        )
+        sent = self._transport.send(data)
+        # The ACK gets a full backoff period from now, however long the
+        # grant took to come.
+        self._retry_at[key] = time.monotonic() + self.backoff.delay_s(attempts)
+        if sent:
+            log.debug("%s: sent update %s (%d bytes)", self.id, key, len(data))
 
     def _hello(self) -> None:
         rnd, version = self.held if self.held is not None else (-1, -1)
@@ -320,6 +338,9 @@ class Agent:
         self._hellos_unanswered = 0
         if msg.type is wire.MessageType.MODEL:
             self._on_model(msg)
+        elif msg.type is wire.MessageType.CREDIT:
+            _, rnd, seq = msg.body["of"]
+            self._on_credit(rnd, seq)
         elif msg.type is wire.MessageType.ACK:
             _, rnd, seq = msg.body["of"]
             self._settle(rnd, seq, acked=True)
@@ -340,6 +361,7 @@ class Agent:
     def _settle(self, rnd: int, seq: int, *, acked: bool) -> None:
         removed = self.outbox.ack(rnd, seq) if acked else self.outbox.nack(rnd, seq)
         self._retry_at.pop((rnd, seq), None)
+        self._asked.pop((rnd, seq), None)
         if removed:
             self.outbox.set_meta("settled", self.settled + 1)
             self.events.append(("ack" if acked else "nack", rnd, seq))

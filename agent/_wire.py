@@ -27,6 +27,10 @@ Bodies by type (arrays use :mod:`agent._arrays`, ``[dtype, shape, bytes]``):
 - ``NACK``: ``of`` as for ACK, ``reason`` (a short code from
   :class:`NackReason`) and ``detail`` (a sentence).
 - ``HEARTBEAT``: ``model_version`` (int).
+- ``CREDIT``: ``of`` = ``[sender, round, seq]`` of an update.  From an agent:
+  "may I send this update?"; from the ground: "send it now".  The ground
+  grants a bounded number at a time, which bounds the UPDATE frames queued
+  toward it whatever the number of agents (credit-based flow control).
 
 Decoding treats the bytes as untrusted: the total size is capped before
 parsing, msgpack's own length limits bound every string, binary, array and
@@ -66,6 +70,7 @@ class MessageType(enum.IntEnum):
     ACK = 4
     NACK = 5
     HEARTBEAT = 6
+    CREDIT = 7
 
 
 class NackReason(enum.StrEnum):
@@ -320,6 +325,13 @@ def heartbeat(
 ) -> Message:
     body = {"model_version": int(model_version)}
     return Message(MessageType.HEARTBEAT, sender, -1, seq, send_time_s, body)
+
+
+def credit(
+    sender: str, seq: int, send_time_s: float, *, of: tuple[str, int, int]
+) -> Message:
+    body = {"of": [of[0], int(of[1]), int(of[2])]}
+    return Message(MessageType.CREDIT, sender, int(of[1]), seq, send_time_s, body)
 
 
 # --------------------------------------------------------------------- decoding
@@ -581,6 +593,11 @@ def _check_heartbeat(body: dict, limits: Limits) -> dict:
     return body
 
 
+def _check_credit(body: dict, limits: Limits) -> dict:
+    _require(body, "of", _check_of, "[sender, round, seq]")
+    return body
+
+
 _BODY_CHECKS = {
     MessageType.HELLO: _check_hello,
     MessageType.MODEL: _check_model,
@@ -588,6 +605,7 @@ _BODY_CHECKS = {
     MessageType.ACK: _check_ack,
     MessageType.NACK: _check_nack,
     MessageType.HEARTBEAT: _check_heartbeat,
+    MessageType.CREDIT: _check_credit,
 }
 
 

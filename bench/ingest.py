@@ -15,6 +15,11 @@ Memory: the daemon's peak RSS minus the peak RSS of the same daemon run on a
 the float32 model bytes.  It is reported for 10 and 100 agents to show it
 does not grow with the number of agents.
 
+The simulated agents follow the credit protocol as ``agent.Agent`` does
+(ask with ``CREDIT``, send the update when granted); the daemon grants at
+most ``max_inflight`` (``--max-inflight``) at a time, which bounds what
+libzmq queues toward it.  The raw baseline sends the updates unasked.
+
 The daemon pushes no MODEL at round open here (``push_model = false``): this
 measures ingest; model download is a separate cost (one model per agent per
 round, the same bytes whatever the daemon does).
@@ -93,15 +98,24 @@ def connect(ctx, endpoint: str, n: int) -> list[zmq.Socket]:
     return socks
 
 
-def drive(socks, frames_by_round: list[list[bytes]]) -> float:
-    """Send each round's frames, one per agent, wait for every reply; seconds."""
+def drive(socks, frames_by_round: list[list[bytes]], *, credit: bool) -> float:
+    """Send each round's frames, one per agent, wait for every reply; seconds.
+
+    With ``credit`` each agent behaves as ``agent.Agent`` does: it asks for
+    credit and sends its update when the daemon grants it.
+    """
     poller = zmq.Poller()
     for s in socks:
         poller.register(s, zmq.POLLIN)
+    index = {s: i for i, s in enumerate(socks)}
     t0 = time.perf_counter()
-    for frames in frames_by_round:
-        for s, f in zip(socks, frames, strict=True):
-            s.send(f, copy=False)
+    for r, frames in enumerate(frames_by_round):
+        for i, (s, f) in enumerate(zip(socks, frames, strict=True)):
+            if credit:
+                of = (f"sat-{i:03d}", r, 1000 * r + i)
+                s.send(w.encode(w.credit(of[0], 0, 0.0, of=of)))
+            else:
+                s.send(f, copy=False)
         waiting = len(socks)
         while waiting:
             for s, _ in poller.poll(30_000) or [(None, None)]:
@@ -110,6 +124,9 @@ def drive(socks, frames_by_round: list[list[bytes]]) -> float:
                 reply = s.recv()
                 if reply != b"ok":
                     msg = w.decode(reply)
+                    if msg.type is w.MessageType.CREDIT:
+                        s.send(frames[index[s]], copy=False)
+                        continue
                     if msg.type is not w.MessageType.ACK:
                         raise RuntimeError(f"daemon refused an update: {msg.body}")
                 waiting -= 1
@@ -128,7 +145,9 @@ def envelopes(bodies: list[bytes], rounds: int) -> list[list[bytes]]:
     ]
 
 
-def run_daemon(workdir: Path, n_params: int, n_agents: int, rounds: int, bodies):
+def run_daemon(
+    workdir: Path, n_params: int, n_agents: int, rounds: int, bodies, max_inflight=16
+):
     """Ingest ``rounds`` rounds of ``n_agents`` updates; return measurements."""
     state = workdir / f"ground-{n_params}-{n_agents}"
     shutil.rmtree(state, ignore_errors=True)
@@ -140,6 +159,7 @@ def run_daemon(workdir: Path, n_params: int, n_agents: int, rounds: int, bodies)
 bind = "tcp://127.0.0.1:0"
 state_dir = "{state}"
 endpoint_file = "{endpoint_file}"
+max_inflight = {max_inflight}
 [security]
 curve = false
 [rounds]
@@ -169,7 +189,7 @@ enabled = false
         frames = envelopes(bodies[:n_agents], rounds)
         rss_start_kb = _status_kb(proc.pid, "VmRSS")
         cpu0 = _cpu_s(proc.pid)
-        elapsed = drive(socks, frames)
+        elapsed = drive(socks, frames, credit=True)
         cpu = _cpu_s(proc.pid) - cpu0
         time.sleep(0.2)  # let the last round's checkpoint finish
         peak_kb = _status_kb(proc.pid, "VmHWM")
@@ -198,7 +218,7 @@ def run_raw(n_agents: int, rounds: int, bodies) -> dict:
         socks = connect(ctx, f"tcp://127.0.0.1:{port}", n_agents)
         frames = envelopes(bodies[:n_agents], rounds)
         cpu0 = _cpu_s(proc.pid)
-        elapsed = drive(socks, frames)
+        elapsed = drive(socks, frames, credit=False)
         cpu = _cpu_s(proc.pid) - cpu0
         socks[0].send(b"STOP")
         ctx.destroy(linger=0)
@@ -218,6 +238,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--density", type=float, default=0.01)
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs")
+    parser.add_argument(
+        "--max-inflight", type=int, default=16, help="the daemon's max_inflight"
+    )
     args = parser.parse_args()
 
     bodies = make_updates(args.agents, args.params, args.density)
@@ -235,13 +258,15 @@ def main() -> int:
             key=lambda m: m["seconds"],
         )
         daemon = min(
-            (run_daemon(work, args.params, args.agents, args.rounds, bodies)
+            (run_daemon(work, args.params, args.agents, args.rounds, bodies,
+                        args.max_inflight)
              for _ in range(args.repeat)),
             key=lambda m: m["seconds"],
         )  # fmt: skip
-        base = run_daemon(work, 1000, args.agents, args.rounds, tiny)
-        few = run_daemon(work, args.params, 10, args.rounds, bodies)
-        base_few = run_daemon(work, 1000, 10, args.rounds, tiny)
+        n = args.max_inflight
+        base = run_daemon(work, 1000, args.agents, args.rounds, tiny, n)
+        few = run_daemon(work, args.params, 10, args.rounds, bodies, n)
+        base_few = run_daemon(work, 1000, 10, args.rounds, tiny, n)
 
     def rate(m):
         return m["updates"] / m["seconds"], m["bytes"] / m["seconds"] / 1e6

@@ -42,6 +42,8 @@ class GroundConfig:
     expected_agents: list[str] = field(default_factory=list)
     deadline_s: float = 600.0
     push_model: bool = True
+    max_inflight: int = 16
+    credit_timeout_s: float = 30.0
     strategy: str = "fedavg"
     aggregation_options: dict[str, Any] = field(default_factory=dict)
     model_npz: Path | None = None
@@ -86,6 +88,8 @@ def parse_ground_config(
     state_dir = t.path("state_dir", "ground-state")
     endpoint_file = t.path("endpoint_file")
     max_rounds = t.int("max_rounds", 0, min=0)
+    max_inflight = t.int("max_inflight", 16, min=1)
+    credit_timeout_s = t.float("credit_timeout_s", 30.0, min=0.001)
     t.finish()
 
     t = table("security")
@@ -159,6 +163,8 @@ def parse_ground_config(
         expected_agents=expected_agents,
         deadline_s=deadline_s,
         push_model=push_model,
+        max_inflight=max_inflight,
+        credit_timeout_s=credit_timeout_s,
         strategy=strategy,
         aggregation_options=options,
         model_npz=model_npz,

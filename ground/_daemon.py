@@ -187,6 +187,10 @@ class GroundDaemon:
         self._closing_error: BaseException | None = None
         self._closed_info: tuple | None = None
         self._held: list[tuple[bytes, bytes]] = []
+        # Credit-based flow control: at most max_inflight agents hold a grant
+        # to send an UPDATE; the others wait in arrival order.
+        self._grants: dict[bytes, float] = {}  # identity -> grant expiry (mono s)
+        self._credit_wait: dict[bytes, tuple[str, int, int]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -398,8 +402,14 @@ class GroundDaemon:
         while not self._stop.is_set():
             if self._closing is not None and not self._closing.is_alive():
                 self._finish_close()
-                if self._max_rounds_reached():
-                    break
+            self._expire_grants()
+            # Right after the ACKs went out, before the next poll: an agent
+            # ACKed for the round that completes it may answer at once with
+            # an update for the next round.
+            if self._closing is None:
+                self._maybe_close_round()
+            if self._closing is None and self._max_rounds_reached():
+                break
             wait_s = self.clock.wall_seconds(max(0.0, self._deadline_s - self._now_s()))
             if self._closing is not None:
                 wait_s = min(wait_s, _CLOSE_POLL_S)
@@ -428,10 +438,6 @@ class GroundDaemon:
                 else:
                     for identity, data in replies:
                         self._send(identity, data)
-            if self._closing is None:
-                self._maybe_close_round()
-            if self._closing is None and self._max_rounds_reached():
-                break
 
     def _max_rounds_reached(self) -> bool:
         if self.config.max_rounds and self._rounds_closed >= self.config.max_rounds:
@@ -446,6 +452,9 @@ class GroundDaemon:
             if exc.errno == errno.EHOSTUNREACH:
                 self.metrics.send_failures.labels("unreachable").inc()
                 self._peers.pop(identity, None)
+                # Its slot goes to the next waiting agent at the next turn.
+                self._credit_wait.pop(identity, None)
+                self._grants.pop(identity, None)
             elif exc.errno == errno.EAGAIN:
                 self.metrics.send_failures.labels("full").inc()
             else:
@@ -528,7 +537,11 @@ class GroundDaemon:
         self._peers[identity] = time.monotonic()
 
         if msg.type is wire.MessageType.UPDATE:
+            if self._grants.pop(identity, None) is not None:
+                self._grant_next()
             self._on_update(msg, identity, replies)
+        elif msg.type is wire.MessageType.CREDIT:
+            self._on_credit(msg, identity, replies)
         elif msg.type is wire.MessageType.HELLO:
             self._on_hello(msg, identity, replies)
         elif msg.type is wire.MessageType.HEARTBEAT:
@@ -550,6 +563,69 @@ class GroundDaemon:
                 f"the ground does not accept {msg.type.name} messages",
                 of,
             )
+
+    # ------------------------------------------------------------ flow control
+
+    def _on_credit(self, msg: wire.Message, identity: bytes, replies: list) -> None:
+        """An agent asks to send an update: grant, queue, or ACK a duplicate.
+
+        Grants are bounded by ``max_inflight``, so the UPDATE frames that
+        libzmq queues toward the daemon stay bounded whatever the number of
+        agents; an agent holds its update in its outbox until then.  A grant
+        ends when its UPDATE arrives or after ``credit_timeout_s``.
+        """
+        sender, rnd, seq = msg.body["of"]
+        of = (sender, rnd, seq)
+        if sender != msg.sender:
+            self._refuse(
+                replies,
+                identity,
+                wire.NackReason.IMPOSTOR,
+                f"{msg.sender!r} asked for credit for an update of {sender!r}",
+                (msg.sender, rnd, seq),
+            )
+            return
+        if of in self._seen:
+            # Already aggregated: spare the transfer, ACK it again.
+            self.metrics.updates_duplicate.inc()
+            self._reply(
+                replies,
+                identity,
+                wire.ack(
+                    self.config.id, self._next_seq(), self._now_s(), of=of,
+                    duplicate=True,
+                ),
+            )  # fmt: skip
+            return
+        if identity in self._grants or len(self._grants) < self.config.max_inflight:
+            self._grant(identity, of)
+        else:
+            self._credit_wait[identity] = of  # an agent waits in one place
+
+    def _grant(self, identity: bytes, of: tuple[str, int, int]) -> None:
+        self._grants[identity] = time.monotonic() + self.config.credit_timeout_s
+        data = wire.encode(
+            wire.credit(self.config.id, self._next_seq(), self._now_s(), of=of)
+        )
+        # Sent at once, not after the batch's fsync: a grant promises nothing
+        # durable, and the sooner it leaves the fuller the pipeline.
+        if not self._send(identity, data):
+            self._grants.pop(identity, None)
+
+    def _grant_next(self) -> None:
+        while self._credit_wait and len(self._grants) < self.config.max_inflight:
+            identity = next(iter(self._credit_wait))
+            self._grant(identity, self._credit_wait.pop(identity))
+
+    def _expire_grants(self) -> None:
+        now = time.monotonic()
+        expired = [i for i, until in self._grants.items() if until <= now]
+        for identity in expired:
+            del self._grants[identity]
+        if expired:
+            self.metrics.credits_expired.inc(len(expired))
+        if self._credit_wait:
+            self._grant_next()
 
     def _on_hello(self, msg: wire.Message, identity: bytes, replies: list) -> None:
         held = msg.body["model_version"]

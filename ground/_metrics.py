@@ -39,6 +39,11 @@ class DaemonMetrics:
             ["reason"],
             registry=r,
         )
+        self.credits_expired = Counter(
+            "orbitfl_credits_expired",
+            "Grants to send an update that ran out before the update arrived",
+            registry=r,
+        )
         self.bytes_in = Counter(
             "orbitfl_bytes_received", "Payload bytes received", registry=r
         )

@@ -326,6 +326,53 @@ def test_krum_short_of_2f_plus_3_at_the_deadline_aggregates_by_median(ctx, tmp_p
         d.stop()
 
 
+def _ask(client: Client, rnd: int, seq: int) -> None:
+    client.send(w.encode(w.credit(client.id, 1, time.time(), of=(client.id, rnd, seq))))
+
+
+def test_credit_grants_are_bounded_and_pass_on_when_an_update_arrives(ctx, tmp_path):
+    d = start_daemon(
+        tmp_path,
+        ground={"max_inflight": 1, "credit_timeout_s": 3600.0},
+        rounds={"min_participants": 5, "deadline_s": 3600.0},
+    )
+    try:
+        a, b = Client(ctx, d.endpoint, "a"), Client(ctx, d.endpoint, "b")
+        _ask(a, 0, 7)
+        grant = a.recv()
+        assert grant.type is w.MessageType.CREDIT
+        assert grant.body == {"of": ["a", 0, 7]}
+        _ask(b, 0, 9)
+        assert b.recv(timeout_s=0.3) is None  # the one credit is out
+        assert a.update(0, seq=7).type is w.MessageType.ACK
+        grant = b.recv()
+        assert grant.type is w.MessageType.CREDIT and grant.body["of"] == ["b", 0, 9]
+        # Asking again for an update already aggregated: ACKed, no transfer.
+        _ask(a, 0, 7)
+        ack = a.recv()
+        assert ack.type is w.MessageType.ACK and ack.body["duplicate"] is True
+    finally:
+        d.stop()
+
+
+def test_an_unused_credit_expires_and_goes_to_the_next_agent(ctx, tmp_path):
+    d = start_daemon(
+        tmp_path,
+        ground={"max_inflight": 1, "credit_timeout_s": 0.3},
+        rounds={"min_participants": 5, "deadline_s": 3600.0},
+    )
+    try:
+        a, b = Client(ctx, d.endpoint, "a"), Client(ctx, d.endpoint, "b")
+        _ask(a, 0, 1)
+        assert a.recv().type is w.MessageType.CREDIT
+        _ask(b, 0, 2)
+        grant = b.recv()  # after a's grant ran out
+        assert grant.type is w.MessageType.CREDIT and grant.body["of"] == ["b", 0, 2]
+        assert d.metrics.value("orbitfl_credits_expired_total") == 1
+    finally:
+        d.stop()
+
+
 def test_stale_round_is_nacked_for_sync_strategies(ctx, tmp_path):
     d = start_daemon(tmp_path, rounds={"min_participants": 1, "deadline_s": 3600.0})
     try:

@@ -66,6 +66,10 @@ GOLDEN = {
         lambda: w.heartbeat("sat-1", 5, T0 + 3, model_version=0),
         "970106a57361742d31ff05cb41d954fc40c00000c41081ad6d6f64656c5f76657273696f6e00",
     ),
+    "CREDIT": (
+        lambda: w.credit("sat-1", 6, T0 + 4, of=("sat-1", 0, 2)),
+        "970107a57361742d310006cb41d954fc41000000c40d81a26f6693a57361742d310002",
+    ),
 }
 
 
