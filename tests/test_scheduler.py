@@ -355,7 +355,11 @@ def test_passes_cli_reports_bad_input_in_one_line(tle_dir):
         ({"--tle": "."}, "Is a directory"),
     ],
 )
-def test_passes_cli_bad_input_is_one_line_naming_the_value(tle_dir, change, named):
+def test_passes_cli_bad_input_is_one_line_naming_the_value(
+    tle_dir, capsys, change, named
+):
+    from ground.__main__ import main
+
     args = {
         "--tle": str(tle_dir / "noaa_2022-02.txt"),
         "--station": "X,1,2,0",
@@ -363,11 +367,13 @@ def test_passes_cli_bad_input_is_one_line_naming_the_value(tle_dir, change, name
         "--hours": "1",
         **change,
     }
-    out = _run_cli(*itertools.chain.from_iterable(args.items()))
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr
-    (line,) = out.stderr.strip().splitlines()[-1:]
-    assert named in line
+    # in process (an exception would fail the test); _run_cli covers the real
+    # process boundary in the test above
+    code = main(["passes", *itertools.chain.from_iterable(args.items())])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    (line,) = err.strip().splitlines()[-1:]
+    assert line.startswith("ground passes: error: ") and named in line
 
 
 def test_passes_cli_stops_quietly_when_the_reader_goes_away(tle_dir):
