@@ -32,6 +32,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def bench_optimizer(seeds: int) -> list[tuple]:
     rows = []
     families = ["ground+orbit", "ground+orbit default", "satellites carry most"]
     for fam, objective in itertools.product(families, ["latency", "throughput"]):
-        times, base, stages, expanded, limited = [], [], [], [], 0
+        times, cpu, base, stages, expanded, limited = [], [], [], [], [], 0
         for seed in range(seeds):
             nodes, table = family(fam, seed, profile)
             inst = _Instance(profile, nodes, as_link_model(table), 1, 0, 0)
@@ -128,14 +129,16 @@ def bench_optimizer(seeds: int) -> list[tuple]:
             _relaxed_cost_to_go(inst, "sum")
             base.append(time.perf_counter() - t0)
             opt = PartitionOptimizer(objective, table, max_labels=LABEL_LIMIT)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 plan = opt.optimize(profile, nodes, source="ground-0", sink="ground-0")
             except PartitionSearchLimitError:
-                limited += 1
-                times.append(time.perf_counter() - t0)
-                continue
+                plan = None
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            if plan is None:
+                limited += 1
+                continue
             stages.append(len(plan.stages))
             expanded.append(plan.labels_expanded)
         rows.append(
@@ -144,6 +147,7 @@ def bench_optimizer(seeds: int) -> list[tuple]:
                 objective,
                 statistics.median(times),
                 max(times),
+                statistics.median(cpu),
                 statistics.median(base),
                 f"{min(stages)}-{max(stages)}" if stages else "-",
                 int(statistics.median(expanded)) if expanded else 0,
@@ -265,45 +269,31 @@ def bench_pipeline(workdir: Path, batch: int, n_stream: int) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer seeds and batches")
-    args = parser.parse_args()
-    seeds = 2 if args.quick else 5
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = os.cpu_count()
-    print(f"CPU: {cpu}, {cores} logical cores; Python {platform.python_version()}")
-    print(f"load average at start: {os.getloadavg()[0]:.1f}")
-    print()
+def report_optimizer(seeds: int) -> None:
     print("1. exact optimizer, 200 layers x 20 nodes (target < 0.5 s)")
     header = (
-        f"{'family':<22} {'objective':<10} {'median s':>9} {'max s':>7} "
+        f"{'family':<22} {'objective':<10} {'median s':>9} {'max s':>7} {'CPU s':>6} "
         f"{'relaxed DP s':>12} {'ratio':>6} {'stages':>6} {'expanded':>8} "
         f"{'limit hit':>9}"
     )
     print(header)
-    for fam, obj, med, worst, base, stages, exp, limited, n in bench_optimizer(seeds):
+    for fam, obj, med, worst, cpu, base, stages, exp, limited, n in bench_optimizer(
+        seeds
+    ):
         print(
-            f"{fam:<22} {obj:<10} {med:>9.3f} {worst:>7.3f} {base:>12.4f} "
+            f"{fam:<22} {obj:<10} {med:>9.3f} {worst:>7.3f} {cpu:>6.3f} {base:>12.4f} "
             f"{med / base:>6.1f} {stages:>6} {exp:>8} {limited:>4}/{n}"
         )
     print()
     print(f"(limit hit: the search stopped at {LABEL_LIMIT} expansions)")
     print()
+
+
+def report_pipeline(quick: bool) -> None:
     print("2. three stage processes on loopback vs the plan (MLP, float32)")
     print(f"load average: {os.getloadavg()[0]:.1f}")
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
-        r = bench_pipeline(Path(tmp), batch=32, n_stream=100 if args.quick else 300)
+        r = bench_pipeline(Path(tmp), batch=32, n_stream=100 if quick else 300)
     print(
         f"plan stages {r['stages']}, batch {r['batch']}, NumPy achieved "
         f"{r['achieved_gflops']:.1f} GFLOPS, loopback {r['loopback'][0]:.0f} Mbit/s "
@@ -323,6 +313,33 @@ def main() -> int:
         f"{'throughput (best of 3)':<22} {r['throughput']:>10.0f} "
         f"{r['plan_throughput']:>10.0f} {r['throughput'] / r['plan_throughput']:>6.2f}"
     )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer seeds and batches")
+    parser.add_argument(
+        "--part", choices=["1", "2", "all"], default="all", help="optimizer, pipeline"
+    )
+    args = parser.parse_args()
+    seeds = 2 if args.quick else 5
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = os.cpu_count()
+    print(f"CPU: {cpu}, {cores} logical cores; Python {platform.python_version()}")
+    print(f"load average at start: {os.getloadavg()[0]:.1f}")
+    print()
+    if args.part in ("1", "all"):
+        report_optimizer(seeds)
+    if args.part in ("2", "all"):
+        report_pipeline(args.quick)
     return 0
 
 

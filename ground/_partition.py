@@ -80,14 +80,16 @@ Successors are generated lazily: expanding a label builds one sorted array of
 all its ``(end layer, node)`` successors and queues a single cursor over it,
 so the queue grows by one entry per expansion, not by ``L * N``.
 
-Speed (bench/partition.py, 200 layers x 20 nodes): a few hundred
-expansions and 0.05-0.3 s for both objectives when a few ground stations
-carry most of the model, and for latency also when 9 satellites in a row
-must carry it.  Known gap: the throughput objective on that last family
-(18 satellites with pairwise different links, nearly all of them needed to
-balance the pipeline) is a bottleneck path through most nodes; the bounds do
-not tame it and the search stops at ``max_labels`` with
-``PartitionSearchLimitError`` instead of returning a plan it cannot prove.
+Speed (bench/partition.py, 200 layers x 20 nodes, 2 shared cores): a few
+hundred expansions and under 0.2 s of CPU (0.05-0.47 s wall) for both
+objectives when a few ground stations carry most of the model; for latency
+also when 9-10 satellites in a row must carry it (median 0.14 s CPU, the
+slowest of five instances about 6,000 expansions and 1-3 s).  Known gap:
+the throughput objective on that last family (18 satellites with pairwise
+different links, nearly all of them needed to balance the pipeline) is a
+bottleneck path through most nodes; the bounds do not tame it and the
+search stops at ``max_labels`` with ``PartitionSearchLimitError`` instead of
+returning a plan it cannot prove optimal.
 """
 
 from __future__ import annotations
