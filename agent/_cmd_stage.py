@@ -75,6 +75,8 @@ def main(args: argparse.Namespace) -> int:
         model = load_model(args.model, args.weights)
     except ModelSpecError as exc:
         raise CommandError(str(exc)) from exc
+    if model.unused_weights:
+        log.warning("weights no layer uses: %s", ", ".join(model.unused_weights))
     names = [layer.name for layer in model.layers]
     start, stop = _layer_range(args, len(model), names)
     try:

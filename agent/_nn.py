@@ -410,6 +410,8 @@ class Model:
         if len(set(names)) != len(names):
             raise ModelSpecError(f"layer names repeat: {names}")
         self.spec = dict(spec)
+        # arrays of the .npz no layer refers to: harmless, but usually a typo
+        self.unused_weights = sorted(set(weights) - used)
 
     def __len__(self) -> int:
         return len(self.layers)

@@ -163,6 +163,17 @@ def test_spec_errors_name_the_problem(tmp_path):
         load_model(path, tmp_path / "missing.npz")
 
 
+def test_unused_weights_are_listed(tmp_path):
+    spec, weights = example_mlp()
+    model = load_model(
+        save_model(tmp_path / "m.json", spec, dict(weights, extra=[1.0]))
+    )
+    assert model.unused_weights == ["extra"]
+    assert (
+        load_model(save_model(tmp_path / "n.json", spec, weights)).unused_weights == []
+    )
+
+
 def test_forward_rejects_a_wrong_shape(tmp_path):
     spec, weights = example_cnn()
     model = load_model(save_model(tmp_path / "c.json", spec, weights))
