@@ -1180,23 +1180,32 @@ def dequantize(packed, amax, n, bits, chunk_size):
 
 # -------------------------------------------------------------------- sign
 
-cdef double _abs_sum(const real *x, Py_ssize_t n) noexcept nogil:
-    """Sum of |x| in float64 over 4 interleaved lanes, each in index order."""
+cdef double _abs_sum(const real *x, Py_ssize_t n, double f) noexcept nogil:
+    """Sum of |x| * f in float64 over 4 interleaved lanes, each in index order."""
     cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
     cdef Py_ssize_t i = 0
     while i + 4 <= n:
-        s0 += <double>(x[i] if x[i] >= 0 else -x[i])
-        s1 += <double>(x[i + 1] if x[i + 1] >= 0 else -x[i + 1])
-        s2 += <double>(x[i + 2] if x[i + 2] >= 0 else -x[i + 2])
-        s3 += <double>(x[i + 3] if x[i + 3] >= 0 else -x[i + 3])
+        s0 += <double>(x[i] if x[i] >= 0 else -x[i]) * f
+        s1 += <double>(x[i + 1] if x[i + 1] >= 0 else -x[i + 1]) * f
+        s2 += <double>(x[i + 2] if x[i + 2] >= 0 else -x[i + 2]) * f
+        s3 += <double>(x[i + 3] if x[i + 3] >= 0 else -x[i + 3]) * f
         i += 4
     if i < n:
-        s0 += <double>(x[i] if x[i] >= 0 else -x[i])
+        s0 += <double>(x[i] if x[i] >= 0 else -x[i]) * f
     if i + 1 < n:
-        s1 += <double>(x[i + 1] if x[i + 1] >= 0 else -x[i + 1])
+        s1 += <double>(x[i + 1] if x[i + 1] >= 0 else -x[i + 1]) * f
     if i + 2 < n:
-        s2 += <double>(x[i + 2] if x[i + 2] >= 0 else -x[i + 2])
+        s2 += <double>(x[i + 2] if x[i + 2] >= 0 else -x[i + 2]) * f
     return (s0 + s1) + (s2 + s3)
+
+
+cdef double _mean_abs(const real *x, Py_ssize_t n) noexcept nogil:
+    """Mean |x|; a float64 sum that overflows is redone scaled by 2**-64."""
+    cdef double total = _abs_sum(x, n, 1.0), m
+    if total <= F64_MAX:
+        return total / n
+    m = (_abs_sum(x, n, 5.421010862427522e-20) / n) * 1.8446744073709552e19
+    return m if m < F64_MAX else F64_MAX
 
 
 cdef void _sign_bits(real *x, Py_ssize_t n, bint ef, real scale,
@@ -1233,20 +1242,17 @@ def _sign_impl(src, g, bint ef):
     cdef uint8_t[::1] pv = packed
     cdef float[::1] s32
     cdef double[::1] s64
-    cdef double total
     cdef float sc32
     cdef double sc64
     if src.dtype == np.float32:
         s32 = src
         with nogil:
-            total = _abs_sum(&s32[0], n)
-            sc32 = <float>(total / n)
+            sc32 = <float>_mean_abs(&s32[0], n)
             _sign_bits(&s32[0], n, ef, sc32, &pv[0])
         return packed, float(sc32)
     s64 = src
     with nogil:
-        total = _abs_sum(&s64[0], n)
-        sc64 = total / n
+        sc64 = _mean_abs(&s64[0], n)
         _sign_bits(&s64[0], n, ef, sc64, &pv[0])
     return packed, float(sc64)
 

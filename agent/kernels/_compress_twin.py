@@ -417,9 +417,19 @@ def _sign_scale(acc: np.ndarray) -> float:
         return 0.0
     lanes = np.zeros(-(-n // 4) * 4, np.float64)
     lanes[:n] = np.abs(acc)
-    s = np.cumsum(lanes.reshape(-1, 4), axis=0)[-1]
-    total = (s[0] + s[1]) + (s[2] + s[3])
-    return float(acc.dtype.type(total / n))
+
+    def lane_sum(f: float) -> float:
+        with np.errstate(over="ignore"):
+            s = np.cumsum(lanes.reshape(-1, 4) * f, axis=0)[-1]
+            return (s[0] + s[1]) + (s[2] + s[3])
+
+    big = float(np.finfo(np.float64).max)
+    total = lane_sum(1.0)
+    if total <= big:
+        mean = total / n
+    else:  # a float64 sum that overflows is redone scaled by 2**-64
+        mean = min((lane_sum(2.0**-64) / n) * 2.0**64, big)
+    return float(acc.dtype.type(mean))
 
 
 def sign(x) -> tuple[np.ndarray, float]:
