@@ -22,6 +22,10 @@ from agent._geo import DAY_S
 from agent._orbit import datetime_to_jd, teme_to_ecef_state_km
 from agent._stations import GroundStation, rate_fraction
 
+# Largest (satellites x coarse grid steps) searched in one piece; 1,000
+# Starlink satellites over 24 h (425 steps) still fit in one.
+MAX_SATELLITE_STEPS = 500_000
+
 
 class WindowFlag(IntFlag):
     """How a window relates to the search interval and to its own shape."""
@@ -118,9 +122,33 @@ def find_windows(
     result = PassSearch()
     if not satellites or not stations:
         return result
-    from agent._passfinder import _Finder
+    from agent._passfinder import _Finder, coarse_step_s
 
-    return _Finder(list(satellites), list(stations), start, hours * 3600.0).run()
+    # The search holds every (satellite, grid time) state at once, ~250 bytes
+    # each: 4,428 Starlink satellites over 72 h took 1.7 GB in one piece.  In
+    # batches of at most MAX_SATELLITE_STEPS the memory stays bounded whatever
+    # the constellation (one satellite over a very long horizon still grows).
+    span_s = hours * 3600.0
+    batches: list[list] = []
+    finest_s = math.inf
+    for pair in satellites:
+        step_s = coarse_step_s(pair[1])
+        n_steps = math.ceil(span_s / min(finest_s, step_s))
+        if batches and (len(batches[-1]) + 1) * n_steps <= MAX_SATELLITE_STEPS:
+            batches[-1].append(pair)
+            finest_s = min(finest_s, step_s)
+        else:
+            batches.append([pair])
+            finest_s = step_s
+    stations = list(stations)
+    for batch in batches:
+        part = _Finder(batch, stations, start, span_s).run()
+        result.windows.extend(part.windows)
+        result.failed.extend(part.failed)
+        result.step_s = max(result.step_s, part.step_s)
+    if len(batches) > 1:
+        result.windows.sort(key=lambda c: (c.start_time, c.satellite, c.station.name))
+    return result
 
 
 class ContactPredictor:

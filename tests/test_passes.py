@@ -375,6 +375,30 @@ def test_windows_do_not_depend_on_where_the_search_starts(sets):
             assert wa.max_elevation_deg == pytest.approx(wb.max_elevation_deg, abs=1e-3)
 
 
+def test_a_search_in_satellite_batches_finds_the_same_windows(sets, monkeypatch):
+    import agent._contacts as contacts
+
+    entries = _sample(sets("starlink_2023-07-18.txt"), 30, seed=5)
+    entries += sets("molniya_2022-02.txt")[:2]  # a much finer grid in the mix
+    t0 = _median_epoch(entries)
+    sats = [(e.name, e.satrec) for e in entries]
+    whole = find_windows(sats, STATIONS, t0, 6.0)
+    monkeypatch.setattr(contacts, "MAX_SATELLITE_STEPS", 700)
+    batched = find_windows(sats, STATIONS, t0, 6.0)
+    assert batched.step_s > whole.step_s  # it did split: coarser grids
+    assert len(batched.windows) == len(whole.windows) > 40
+    for a, b in zip(whole.windows, batched.windows, strict=True):
+        assert (a.satellite, a.station.name, a.flags) == (
+            b.satellite,
+            b.station.name,
+            b.flags,
+        )
+        assert abs((a.start_time - b.start_time).total_seconds()) < 5e-3
+        assert abs((a.end_time - b.end_time).total_seconds()) < 5e-3
+        assert a.max_elevation_deg == pytest.approx(b.max_elevation_deg, abs=1e-3)
+    assert [s.satellite for s in batched.failed] == [s.satellite for s in whole.failed]
+
+
 def test_decayed_object_gets_a_status_and_the_rest_still_works(sets):
     entries = sets("starlink_2023-07-18.txt")
     decayed = next(e for e in entries if e.name == "STARLINK-5139")
