@@ -47,6 +47,7 @@ from ground._journal import (
     Checkpoint,
     Journal,
     JournalRow,
+    begin_checkpoint,
     read_checkpoint,
     write_checkpoint,
 )
@@ -191,6 +192,7 @@ class GroundDaemon:
         # to send an UPDATE; the others wait in arrival order.
         self._grants: dict[bytes, float] = {}  # identity -> grant expiry (mono s)
         self._credit_wait: dict[bytes, tuple[str, int, int]] = {}
+        self._grants_out: list[tuple[bytes, bytes]] = []
 
     # ------------------------------------------------------------------ public
 
@@ -431,6 +433,8 @@ class GroundDaemon:
                         # down for every satellite: count it, log it, go on.
                         self.metrics.rejected.labels("internal_error").inc()
                         log.exception("internal error handling a message; dropped")
+                if self._grants_out:
+                    self._send_grants()
                 # Durable first, then the ACKs: the heart of "no ACKed update lost".
                 self._journal.sync()
                 if self._closing is not None:
@@ -607,10 +611,20 @@ class GroundDaemon:
         data = wire.encode(
             wire.credit(self.config.id, self._next_seq(), self._now_s(), of=of)
         )
-        # Sent at once, not after the batch's fsync: a grant promises nothing
-        # durable, and the sooner it leaves the fuller the pipeline.
-        if not self._send(identity, data):
-            self._grants.pop(identity, None)
+        self._grants_out.append((identity, data))
+
+    def _send_grants(self) -> None:
+        """Send the grants made so far, all together.
+
+        Before the batch's fsync, not after: a grant promises nothing
+        durable, and the sooner it leaves the fuller the pipeline.  Together,
+        because each send that finds libzmq's I/O thread idle wakes it, and
+        on a busy machine a wake-up can cost this thread its core.
+        """
+        out, self._grants_out = self._grants_out, []
+        for identity, data in out:
+            if not self._send(identity, data):
+                self._grants.pop(identity, None)
 
     def _grant_next(self) -> None:
         while self._credit_wait and len(self._grants) < self.config.max_inflight:
@@ -626,6 +640,8 @@ class GroundDaemon:
             self.metrics.credits_expired.inc(len(expired))
         if self._credit_wait:
             self._grant_next()
+        if self._grants_out:
+            self._send_grants()
 
     def _on_hello(self, msg: wire.Message, identity: bytes, replies: list) -> None:
         held = msg.body["model_version"]
@@ -836,25 +852,28 @@ class GroundDaemon:
         self._round_count = 0
         self._closed_info = (closed, outcome, duration_s, participants)
 
+        # Written to the page cache here (a memory copy of the model); made
+        # durable by fsync and rename in a second thread, while this one goes
+        # on decoding, aggregating and journaling the next round's updates.
+        # Their ACKs wait until the checkpoint is durable, so a restart from
+        # the older checkpoint finds none of them ACKed (Journal.drop_after).
+        # The second thread only makes system calls, which release the GIL:
+        # Python work in it would make this thread wait for the GIL, for a
+        # whole scheduler slice on a loaded machine.
+        pending = [
+            begin_checkpoint(self._checkpoint_path, checkpoint)[0],
+            self._journal.begin_release(closed, keys),
+        ]
+
         def save() -> None:
             try:
-                write_checkpoint(self._checkpoint_path, checkpoint)
-                self._journal.release_files(closed, keys)
+                for p in pending:
+                    p.commit()
             except BaseException as exc:
                 self._closing_error = exc
 
-        # The next round's updates are decoded, aggregated and journaled while
-        # the checkpoint is written, and their ACKs wait until it is durable,
-        # so a restart from the older checkpoint finds none of them ACKed
-        # (Journal.drop_after).  That needs the checkpointed arrays to stay
-        # still: the synchronous strategies touch the model only at a close,
-        # while FEDASYNC and FEDBUFF step it on arrival, so they save inline.
         self._closing = threading.Thread(target=save, name="ground-checkpoint")
-        if self.aggregator.is_async:
-            save()
-            self._finish_close()
-        else:
-            self._closing.start()
+        self._closing.start()
 
     def _finish_close(self) -> None:
         """Once the round's checkpoint is durable: count it, push, send replies."""

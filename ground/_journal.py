@@ -194,31 +194,36 @@ class Journal:
         return {e: self._keys.pop(e) for e in list(self._keys) if e <= epoch}
 
     def release_files(self, epoch: int, keys: dict[int, list[list]]) -> None:
-        """Append the keys of the logs up to ``epoch`` to ``seen.log``; drop them.
+        """Append the keys of the logs up to ``epoch`` to ``seen.log``; drop them."""
+        self.begin_release(epoch, keys).commit()
+
+    def begin_release(self, epoch: int, keys: dict[int, list[list]]) -> "_Pending":
+        """Write what :meth:`release_files` writes; its ``commit()`` syncs, unlinks.
 
         ``keys`` are those :meth:`take_keys` returned; logs not written by
-        this process are read back.  Touches no open log, so it may run
-        beside :meth:`write` for a later epoch.
+        this process are read back.  ``commit()`` is a few system calls and
+        touches no open log, so it may run in another thread beside
+        :meth:`write` for a later epoch.  Keys in ``seen.log`` before the
+        checkpoint that covers them are harmless: replay does not read them,
+        and ``seen()`` counts the open round's log anyway.
         """
-        done = [e for e in self._epochs() if e <= epoch]
-        if not done:
-            return
+        done = [self._log(e) for e in self._epochs() if e <= epoch]
         flat = []
-        for e in done:
+        for e in self._epochs():
+            if e > epoch:
+                continue
             if e in keys:
                 flat.extend(keys[e])
             else:
                 flat.extend([r[0], r[1], r[2]] for r in _records(self._log(e))[0])
+        fd = None
         if flat:
-            with open(self._seen_path, "ab") as f:
-                f.write(_frame(msgpack.packb(flat, use_bin_type=True)))
-                f.flush()
-                os.fsync(f.fileno())
-        # No fsync of the directory: a log whose unlink is lost in a crash is
-        # older than the checkpoint, so it is never replayed, and its keys are
-        # already durable in seen.log.
-        for e in done:
-            self._log(e).unlink()
+            fd = os.open(self._seen_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            _write_all(fd, [_frame(msgpack.packb(flat, use_bin_type=True))])
+        # No fsync of the directory after the unlinks: a log whose unlink is
+        # lost in a crash is older than the checkpoint, so it is never
+        # replayed, and its keys are already durable in seen.log.
+        return _Pending(fd, None, None, done)
 
     def drop_after(self, epoch: int) -> list[int]:
         """Delete the logs of rounds after ``epoch``; return their epochs.
@@ -234,6 +239,45 @@ class Journal:
         if later:
             _fsync_dir(self.dir)
         return later
+
+
+def _write_all(fd: int, parts: list) -> None:
+    total = sum(len(p) for p in parts)
+    done = os.writev(fd, parts)
+    if done != total:  # a short write: finish it byte by byte
+        rest = b"".join(parts)[done:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+
+
+class _Pending:
+    """File work written to the page cache whose ``commit()`` makes it durable.
+
+    ``commit()`` is only system calls (fsync the file, close it, rename it
+    into place, fsync the directory, unlink what it replaces), so a second
+    thread can run it while the daemon's thread goes on with the GIL.
+    """
+
+    def __init__(
+        self,
+        fd: int | None,
+        tmp: Path | None,
+        final: Path | None,
+        unlink: list[Path],
+    ) -> None:
+        self.fd, self.tmp, self.final, self.unlink = fd, tmp, final, unlink
+
+    def commit(self) -> None:
+        if self.fd is not None:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+        if self.tmp is not None:
+            os.replace(self.tmp, self.final)
+            # The rename is durable only once the directory entry is on disk.
+            _fsync_dir(self.final.parent)
+        for path in self.unlink:
+            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -258,22 +302,27 @@ def _bin_header(n: int) -> bytes:
 
 
 def write_checkpoint(path: str | Path, cp: Checkpoint) -> int:
-    """Atomically replace ``path`` with ``cp``; return the bytes written.
+    """Atomically replace ``path`` with ``cp``; return the bytes written."""
+    pending, written = begin_checkpoint(path, cp)
+    pending.commit()
+    return written
 
-    The arrays are streamed from their own buffers into the file (msgpack
-    headers written by hand), so writing a checkpoint needs no second copy
-    of the model in memory.
+
+def begin_checkpoint(path: str | Path, cp: Checkpoint) -> tuple[_Pending, int]:
+    """Write ``cp`` to a temporary file; ``commit()`` the result to install it.
+
+    Until the commit a reader still finds the old checkpoint.  The arrays
+    are copied from their own buffers into the file in one ``writev`` (the
+    msgpack headers written by hand), so it needs no second copy of the
+    model in memory, and once this returns the model may change.
     """
     path = Path(path)
     packer = msgpack.Packer(use_bin_type=True)
     tmp = path.with_name(path.name + ".tmp")
-    written = 0
-    with open(tmp, "wb") as f:
-
-        def put(data: bytes | memoryview) -> None:
-            nonlocal written
-            f.write(data)
-            written += len(data)
+    parts: list[bytes | memoryview] = []
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        put = parts.append
 
         def put_tensors(tensors: dict[str, np.ndarray]) -> None:
             put(packer.pack_map_header(len(tensors)))
@@ -295,12 +344,13 @@ def write_checkpoint(path: str | Path, cp: Checkpoint) -> int:
         put_tensors(cp.model)
         put(packer.pack("optimizer_state"))
         put_tensors(cp.optimizer_state)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # The rename itself is durable only once the directory entry is on disk.
-    _fsync_dir(path.parent)
-    return written
+        # writev takes at most IOV_MAX (1024) buffers at a time.
+        for start in range(0, len(parts), 1024):
+            _write_all(fd, parts[start : start + 1024])
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Pending(fd, tmp, path, []), sum(len(p) for p in parts)
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint | None:
