@@ -60,6 +60,15 @@ class UpdateFormatError(ValueError):
         self.value = value
 
 
+_DTYPE_NAMES = {np.dtype(d): np.dtype(d).name for d in _TENSOR_DTYPES.values()}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    # numpy's dtype.name is computed in Python on every access.
+    name = _DTYPE_NAMES.get(dtype)
+    return dtype.name if name is None else name
+
+
 def work_dtype(dtype: Any) -> np.dtype:
     """The dtype residuals and kernels use for a tensor of ``dtype``."""
     return np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
@@ -123,7 +132,7 @@ class CompressedUpdate:
         self._tensors = tensors
         self._encoded: bytes | None = None
         # The tensors never change; the aggregator asks for them per update.
-        self._declared = {t.name: (t.shape, t.dtype.name) for t in tensors}
+        self._declared = {t.name: (t.shape, _dtype_name(t.dtype)) for t in tensors}
 
     @property
     def method(self) -> CompressionType:
