@@ -435,6 +435,9 @@ class GroundDaemon:
                         log.exception("internal error handling a message; dropped")
                 if self._grants_out:
                     self._send_grants()
+                # Gauges once a batch: each set takes a lock.
+                self.metrics.pending.set(self._round_count)
+                self.metrics.model_version.set(self.session.version)
                 # Durable first, then the ACKs: the heart of "no ACKed update lost".
                 self._journal.sync()
                 if self._closing is not None:
@@ -755,8 +758,6 @@ class GroundDaemon:
         self._round_agents.add(msg.sender)
         self._round_count += 1
         self.metrics.updates_accepted.inc()
-        self.metrics.pending.set(self._round_count)
-        self.metrics.model_version.set(self.session.version)
         self._journal.write(
             JournalRow(
                 msg.sender, msg.round, msg.seq, num_samples, staleness, msg.body_bytes
