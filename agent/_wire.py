@@ -31,6 +31,11 @@ Bodies by type (arrays use :mod:`agent._arrays`, ``[dtype, shape, bytes]``):
   "may I send this update?"; from the ground: "send it now".  The ground
   grants a bounded number at a time, which bounds the UPDATE frames queued
   toward it whatever the number of agents (credit-based flow control).
+- ``RELAY``: ``message`` (bin), the complete encoded UPDATE frame of another
+  agent (its origin), carried by a neighbour that reached the ground sooner
+  (store-and-forward over inter-satellite links).  The envelope is the
+  relayer's; the inner frame is decoded with the same limits, must be an
+  UPDATE, and the ground ACKs or NACKs it by the origin's (sender, round, seq).
 
 Decoding treats the bytes as untrusted: the total size is capped before
 parsing, msgpack's own length limits bound every string, binary, array and
@@ -71,6 +76,7 @@ class MessageType(enum.IntEnum):
     NACK = 5
     HEARTBEAT = 6
     CREDIT = 7
+    RELAY = 8
 
 
 class NackReason(enum.StrEnum):
@@ -332,6 +338,14 @@ def credit(
 ) -> Message:
     body = {"of": [of[0], int(of[1]), int(of[2])]}
     return Message(MessageType.CREDIT, sender, int(of[1]), seq, send_time_s, body)
+
+
+def relay(
+    sender: str, round: int, seq: int, send_time_s: float, *, message: bytes
+) -> Message:
+    """A RELAY from ``sender`` carrying another agent's encoded UPDATE frame."""
+    body = {"message": bytes(message)}
+    return Message(MessageType.RELAY, sender, round, seq, send_time_s, body)
 
 
 # --------------------------------------------------------------------- decoding
@@ -598,6 +612,16 @@ def _check_credit(body: dict, limits: Limits) -> dict:
     return body
 
 
+def _check_relay(body: dict, limits: Limits) -> dict:
+    _require(
+        body,
+        "message",
+        lambda v: isinstance(v, bytes) and 0 < len(v) <= limits.max_message_bytes,
+        f"an encoded UPDATE frame of 1 to {limits.max_message_bytes} bytes",
+    )
+    return body
+
+
 _BODY_CHECKS = {
     MessageType.HELLO: _check_hello,
     MessageType.MODEL: _check_model,
@@ -606,7 +630,27 @@ _BODY_CHECKS = {
     MessageType.NACK: _check_nack,
     MessageType.HEARTBEAT: _check_heartbeat,
     MessageType.CREDIT: _check_credit,
+    MessageType.RELAY: _check_relay,
 }
+
+
+def relayed_update(body: dict[str, Any], limits: Limits = Limits()) -> Message:
+    """Decode the UPDATE a RELAY body carries, with the same bounds as any frame.
+
+    Raises a :class:`WireError` (``MalformedMessage`` when the inner frame is
+    not an UPDATE: a relay carries one origin's update, never another relay).
+    """
+    inner = decode(body["message"], limits)
+    if inner.type is not MessageType.UPDATE:
+        raise MalformedMessage(
+            f"a RELAY must carry an UPDATE; it carries a {inner.type.name} "
+            f"from {inner.sender!r}",
+            int(inner.type),
+            sender=inner.sender,
+            round=inner.round,
+            seq=inner.seq,
+        )
+    return inner
 
 
 def decode_update(body: dict[str, Any], limits: Limits = Limits()) -> Any:

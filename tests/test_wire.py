@@ -70,6 +70,15 @@ GOLDEN = {
         lambda: w.credit("sat-1", 6, T0 + 4, of=("sat-1", 0, 2)),
         "970107a57361742d310006cb41d954fc41000000c40d81a26f6693a57361742d310002",
     ),
+    # The body is a map of one bin: 0xc4 0x63 then the 99 bytes of the UPDATE
+    # golden vector above, verbatim (sat-2 relays sat-1's update).
+    "RELAY": (
+        lambda: w.relay("sat-2", 0, 7, T0 + 5, message=w.encode(GOLDEN["UPDATE"][0]())),
+        "970108a57361742d320007cb41d954fc41400000c46e81a76d657373616765c463"
+        "970103a57361742d310002cb41d954fc40400000c44d84ac626173655f76657273696f6e"
+        "00ab6e756d5f73616d706c65730aa76d65747269637381a46c6f7373cb3fe000000000"
+        "0000a564656c746181a17793a33c66349102c4080000803f0000803f",
+    ),
 }
 
 
@@ -259,3 +268,45 @@ def test_mutated_golden_bytes_raise_only_wire_errors(data):
         w.decode(bytes(raw))
     except w.WireError:
         pass
+
+
+def test_relay_carries_the_origins_update_frame_verbatim():
+    inner = w.encode(GOLDEN["UPDATE"][0]())
+    got = w.decode(w.encode(w.relay("sat-2", 0, 7, T0, message=inner)))
+    assert got.sender == "sat-2" and got.body["message"] == inner
+    origin = w.relayed_update(got.body)
+    assert (origin.type, origin.sender, origin.round, origin.seq) == (
+        w.MessageType.UPDATE,
+        "sat-1",
+        0,
+        2,
+    )
+    np.testing.assert_array_equal(origin.body["delta"]["w"], np.ones(2, np.float32))
+
+
+def test_relay_of_anything_but_an_update_is_malformed():
+    hello = w.encode(GOLDEN["HELLO"][0]())
+    relayed = w.decode(w.encode(w.relay("sat-2", 0, 1, T0, message=hello)))
+    with pytest.raises(w.MalformedMessage, match="must carry an UPDATE") as info:
+        w.relayed_update(relayed.body)
+    assert info.value.sender == "sat-1"
+    nested = w.encode(w.relay("sat-3", 0, 1, T0, message=w.encode(relayed_msg())))
+    with pytest.raises(w.MalformedMessage, match="carries a RELAY"):
+        w.relayed_update(w.decode(nested).body)
+
+
+def relayed_msg() -> w.Message:
+    return w.relay("sat-2", 0, 1, T0, message=w.encode(GOLDEN["UPDATE"][0]()))
+
+
+def test_relay_inner_frame_is_bounded_like_any_frame():
+    inner = w.encode(GOLDEN["UPDATE"][0]())
+    small = w.Limits(max_message_bytes=len(inner) - 1)
+    outer = w.encode(w.relay("sat-2", 0, 1, T0, message=inner))
+    body = w.decode(outer).body
+    with pytest.raises(w.MessageTooLarge):
+        w.relayed_update(body, small)
+    with pytest.raises(w.TruncatedMessage):
+        w.relayed_update({"message": inner[:-5]})
+    with pytest.raises(w.MalformedMessage, match="'message'"):
+        w.decode(w.encode_envelope(w.MessageType.RELAY, "sat-2", 0, 1, T0, b"\x80"))
