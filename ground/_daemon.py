@@ -114,6 +114,12 @@ class _Allowlist:
         with self._lock:
             return self._names.get(key_z85, "")
 
+    def names(self) -> set[str]:
+        """The agent ids of the allowlisted keys."""
+        with self._lock:
+            self._reload()
+            return set(self._names.values())
+
 
 class _Authenticator(ThreadAuthenticator):
     """ZAP handler whose User-Id is the agent id the key file is named after."""
@@ -549,6 +555,10 @@ class GroundDaemon:
             self._on_update(msg, identity, replies)
         elif msg.type is wire.MessageType.CREDIT:
             self._on_credit(msg, identity, replies)
+        elif msg.type is wire.MessageType.RELAY:
+            if self._grants.pop(identity, None) is not None:
+                self._grant_next()
+            self._on_relay(msg, identity, replies)
         elif msg.type is wire.MessageType.HELLO:
             self._on_hello(msg, identity, replies)
         elif msg.type is wire.MessageType.HEARTBEAT:
@@ -769,6 +779,50 @@ class GroundDaemon:
             identity,
             wire.ack(self.config.id, self._next_seq(), self._now_s(), of=of),
         )
+
+    def _known_agents(self) -> set[str]:
+        """Agent ids the ground knows: its allowlist's names and expected agents."""
+        known = set(self.config.expected_agents)
+        if self._auth is not None:
+            known.update(self._auth.allowlist.names())
+        return known
+
+    def _on_relay(self, msg: wire.Message, identity: bytes, replies: list) -> None:
+        """An authenticated agent hands in another agent's UPDATE (custody relay).
+
+        The inner frame is decoded with the same limits as any frame and then
+        taken exactly as its origin's UPDATE: the same dedupe on (origin,
+        round, seq), journal and NACK reasons; the ACK or NACK goes to the
+        relayer and names the origin's triple.  The origin must be a known
+        agent (allowlisted, or expected): without CURVE and an empty
+        ``expected_agents`` no origin is known and every relay is refused.
+        """
+        try:
+            inner = wire.relayed_update(msg.body, self.config.limits)
+        except wire.WireError as exc:
+            of = (
+                exc.sender or msg.sender,
+                msg.round if exc.round is None else exc.round,
+                msg.seq if exc.seq is None else exc.seq,
+            )
+            self._refuse(replies, identity, exc.reason, f"relayed: {exc}", of)
+            return
+        of = (inner.sender, inner.round, inner.seq)
+        if inner.sender not in self._known_agents():
+            self._refuse(
+                replies,
+                identity,
+                "unknown_origin",
+                f"{msg.sender!r} relayed an update of {inner.sender!r}, which is "
+                "neither in the allowlist nor an expected agent",
+                of,
+            )
+            return
+        fresh = of not in self._seen
+        self._on_update(inner, identity, replies)
+        if fresh and of in self._seen:
+            self.metrics.updates_relayed.inc()
+            log.info("update %s relayed by %s accepted", of, msg.sender)
 
     # ------------------------------------------------------------------ rounds
 

@@ -33,6 +33,11 @@ class DaemonMetrics:
             "Updates received again and ACKed without aggregating",
             registry=r,
         )
+        self.updates_relayed = Counter(
+            "orbitfl_updates_relayed",
+            "Updates accepted that another agent relayed for their origin",
+            registry=r,
+        )
         self.rejected = Counter(
             "orbitfl_rejected",
             "Messages and updates refused, by reason",
