@@ -102,6 +102,11 @@ cdef extern from *:
     #endif
     }
 
+    static inline void ofl_prefetch_r(const void *p) {
+    #if defined(__GNUC__)
+        __builtin_prefetch(p, 0, 3);
+    #endif
+    }
     static inline void ofl_prefetch_w(const void *p) {
     #if defined(__GNUC__)
         __builtin_prefetch(p, 1, 0);
@@ -116,6 +121,7 @@ cdef extern from *:
     uint32_t ofl_fmix32(uint32_t h) noexcept nogil
     int ofl_ctz(uint32_t m) noexcept nogil
     uint32_t ofl_mask16_ge(const int32_t *keys, int32_t t0) noexcept nogil
+    void ofl_prefetch_r(const void *p) noexcept nogil
     void ofl_prefetch_w(const void *p) noexcept nogil
 
 ctypedef fused real:
@@ -873,7 +879,7 @@ def ef_randomk(residual, grad, k, seed, unbiased=False):
 
 # ------------------------------------------------------------ quantization
 
-cdef real _chunk_amax(const real *x, Py_ssize_t m) noexcept nogil:
+cdef real _chunk_amax(const real *x, Py_ssize_t m, bint *bad) noexcept nogil:
     """Largest magnitude of a chunk, exact, via integer keys; 0 if subnormal.
 
     Sixteen running maxima break the dependency chain of the reduction so
@@ -895,6 +901,8 @@ cdef real _chunk_amax(const real *x, Py_ssize_t m) noexcept nogil:
             b32 = kk32 if kk32 > b32 else b32
         for t in range(16):
             b32 = k32[t] if k32[t] > b32 else b32
+        if b32 >= INF_KEY32:
+            bad[0] = True
         # float32 subnormals quantize to 0 (see _codes_f32)
         if b32 < F32_MIN_NORMAL_KEY:
             b32 = 0
@@ -903,6 +911,8 @@ cdef real _chunk_amax(const real *x, Py_ssize_t m) noexcept nogil:
         for j in range(m):
             kk64 = ofl_key64(x[j])
             b64 = kk64 if kk64 > b64 else b64
+        if b64 >= INF_KEY64:
+            bad[0] = True
         # a float64 chunk whose largest magnitude is subnormal quantizes to 0
         if b64 < F64_MIN_NORMAL_KEY:
             b64 = 0
@@ -1032,14 +1042,20 @@ cdef void _unpack(const uint8_t *packed, Py_ssize_t n, int bits,
         codes[i] = (packed[i // per] >> ((i % per) * bits)) & mask
 
 
-cdef void _quantize(real *r, const real *g, bint ef, Py_ssize_t n, int bits,
+cdef bint _quantize(real *r, const real *g, bint ef, Py_ssize_t n, int bits,
                     Py_ssize_t chunk, bint stochastic, uint64_t seed, real *acc,
                     uint16_t *u, uint8_t *codes, real *deq,
                     real *amax_out) noexcept nogil:
-    """Chunk by chunk: (accumulate,) scale, code, (and keep the remainder)."""
+    """Chunk by chunk: (accumulate,) scale, code, (and keep the remainder).
+
+    Returns True, having stopped, at the first chunk holding NaN or Inf: the
+    finiteness check rides on the amax pass instead of costing a pass of its
+    own (the EF form checks the gradient before, as it writes the residual).
+    """
     cdef Py_ssize_t c0 = 0, m, j, ci = 0
     cdef const real *x
     cdef real amax
+    cdef bint bad = False
     while c0 < n:
         m = n - c0 if n - c0 < chunk else chunk
         if ef:
@@ -1048,7 +1064,13 @@ cdef void _quantize(real *r, const real *g, bint ef, Py_ssize_t n, int bits,
             x = acc
         else:
             x = r + c0
-        amax = _chunk_amax(x, m)
+            # stream the next chunk in while this one is computed: the amax
+            # pass would otherwise wait on DRAM with the FPU idle
+            for j in range(0, min(chunk, n - c0 - m), 16):
+                ofl_prefetch_r(r + c0 + m + j)
+        amax = _chunk_amax(x, m, &bad)
+        if bad:
+            return True
         amax_out[ci] = amax
         if stochastic:
             _uniform16(seed, c0, m, u)
@@ -1062,6 +1084,7 @@ cdef void _quantize(real *r, const real *g, bint ef, Py_ssize_t n, int bits,
                 r[c0 + j] = acc[j] - deq[j]
         c0 += m
         ci += 1
+    return False
 
 
 def _quantize_impl(src, g, int bits, Py_ssize_t chunk, bint stochastic, seed, bint ef,
@@ -1084,18 +1107,21 @@ def _quantize_impl(src, g, int bits, Py_ssize_t chunk, bint stochastic, seed, bi
     cdef const float[::1] g32
     cdef double[::1] r64, a64, d64, m64
     cdef const double[::1] g64
+    cdef bint bad = False
     if src.dtype == np.float32:
         r32, a32, d32, m32 = src, acc, deq, amax
         g32 = g if ef else src
         with nogil:
-            _quantize(&r32[0], &g32[0], ef, n, bits, chunk, stochastic, s, &a32[0],
-                      &u[0], &cv[0], &d32[0], &m32[0])
+            bad = _quantize(&r32[0], &g32[0], ef, n, bits, chunk, stochastic, s,
+                            &a32[0], &u[0], &cv[0], &d32[0], &m32[0])
     else:
         r64, a64, d64, m64 = src, acc, deq, amax
         g64 = g if ef else src
         with nogil:
-            _quantize(&r64[0], &g64[0], ef, n, bits, chunk, stochastic, s, &a64[0],
-                      &u[0], &cv[0], &d64[0], &m64[0])
+            bad = _quantize(&r64[0], &g64[0], ef, n, bits, chunk, stochastic, s,
+                            &a64[0], &u[0], &cv[0], &d64[0], &m64[0])
+    if bad:
+        _raise_if_nonfinite(src)
     if bits == 8:
         return out, amax
     cdef uint8_t[::1] pv = out
@@ -1116,7 +1142,7 @@ def quantize(x, bits, chunk_size, stochastic=False, seed=0, out=None):
     a = cc.as_vector(x)
     cc.check_size(a.size)
     out = cc.check_out(out, cc.packed_len(a.size, bits))
-    _raise_if_nonfinite(a)
+    # NaN / Inf raise from the kernel's amax pass (see _quantize)
     return _quantize_impl(a, None, bits, chunk, bool(stochastic), seed, False, out)
 
 
