@@ -22,8 +22,10 @@ that cannot be decoded or has the wrong shape does not stop the stage: it is
 answered downstream with an ``error`` message for its sequence number, which
 reaches the ground in place of the output.
 
-The next hop is given as a ZeroMQ endpoint; reaching a node several links
-away through the mesh routing table is the transport's job, not this module's.
+This module is the direct mode: each stage is given the ZeroMQ endpoint of
+the next one.  ``agent._pipeline_mesh`` runs the same stages over the mesh:
+batches carry a destination node id and travel hop by hop through each
+node's routing row, relayed by satellites that run no layers.
 """
 
 from __future__ import annotations
@@ -134,11 +136,11 @@ class StageStats:
     compute_s: float = 0.0
 
 
-class StageWorker:
-    """One pipeline stage: layers ``[start, stop)`` of ``model``.
+class Stage:
+    """Layers ``[start, stop)`` of ``model`` as a frame-in, frame-out step.
 
-    ``bind`` is the endpoint to pull from (``tcp://127.0.0.1:*`` picks a free
-    port; ``endpoint`` says which); ``next_endpoint`` is where results go.
+    No sockets: ``StageWorker`` (direct mode) and
+    ``agent._pipeline_mesh.MeshStageWorker`` (mesh mode) move the frames.
     """
 
     def __init__(
@@ -146,10 +148,7 @@ class StageWorker:
         model: Model,
         start: int,
         stop: int,
-        next_endpoint: str,
         *,
-        bind: str = "tcp://127.0.0.1:*",
-        context: zmq.Context | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_elements: int = DEFAULT_MAX_ELEMENTS,
     ) -> None:
@@ -158,16 +157,6 @@ class StageWorker:
         self.start, self.stop = start, stop
         self.max_message_bytes = max_message_bytes
         self.max_elements = max_elements
-        ctx = context or zmq.Context.instance()
-        self._pull = ctx.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.LINGER, 0)
-        self._pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        self._pull.bind(bind)
-        self.endpoint: str = self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._push = ctx.socket(zmq.PUSH)
-        # let a final stop message drain to the next stage when closing
-        self._push.setsockopt(zmq.LINGER, 2000)
-        self._push.connect(next_endpoint)
         self.stats = StageStats()
 
     def handle(self, frame: bytes) -> bytes | None:
@@ -196,6 +185,44 @@ class StageWorker:
             return encode_error(msg["seq"], f"stage {self.start}:{self.stop}: {exc}")
         self.stats.batches += 1
         return encode_batch(msg["seq"], y)
+
+
+class StageWorker(Stage):
+    """One pipeline stage pulling frames on ``bind`` and pushing to the next.
+
+    ``bind`` is the endpoint to pull from (``tcp://127.0.0.1:*`` picks a free
+    port; ``endpoint`` says which); ``next_endpoint`` is where results go.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        start: int,
+        stop: int,
+        next_endpoint: str,
+        *,
+        bind: str = "tcp://127.0.0.1:*",
+        context: zmq.Context | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
+    ) -> None:
+        super().__init__(
+            model,
+            start,
+            stop,
+            max_message_bytes=max_message_bytes,
+            max_elements=max_elements,
+        )
+        ctx = context or zmq.Context.instance()
+        self._pull = ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self._pull.bind(bind)
+        self.endpoint: str = self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._push = ctx.socket(zmq.PUSH)
+        # let a final stop message drain to the next stage when closing
+        self._push.setsockopt(zmq.LINGER, 2000)
+        self._push.connect(next_endpoint)
 
     def serve(self, idle_timeout_s: float | None = None) -> StageStats:
         """Process batches until a stop message (forwarded on) or an idle timeout."""
@@ -230,7 +257,75 @@ def _is_stop(frame: bytes) -> bool:
     return isinstance(msg, dict) and msg.get("kind") == "stop"
 
 
-class PipelineClient:
+class _ClientBase:
+    """Submit inputs and collect outputs; subclasses move the frames."""
+
+    max_message_bytes: int
+    max_elements: int
+
+    def _send(self, seq: int, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def _recv_frame(self, timeout_s: float) -> bytes | None:
+        """The next frame addressed to the ground, or None after ``timeout_s``."""
+        raise NotImplementedError
+
+    def submit(self, seq: int, x: np.ndarray) -> None:
+        self._send(seq, encode_batch(seq, x))
+
+    def receive(self, timeout_s: float) -> tuple[int, np.ndarray]:
+        """The next output as (seq, array); PipelineError on an error or timeout."""
+        frame = self._recv_frame(timeout_s)
+        if frame is None:
+            raise PipelineError(f"no output from the pipeline within {timeout_s} s")
+        msg = decode_message(
+            frame,
+            max_message_bytes=self.max_message_bytes,
+            max_elements=self.max_elements,
+        )
+        if msg["kind"] == "error":
+            raise PipelineError(msg["message"], msg["seq"])
+        if msg["kind"] != "batch":
+            raise PipelineError(f"unexpected {msg['kind']!r} message from the pipeline")
+        return msg["seq"], msg["x"]
+
+    def run(
+        self, batches: Iterable[np.ndarray], timeout_s: float = 30.0, window: int = 8
+    ) -> list[np.ndarray]:
+        """Stream batches through the pipeline, at most ``window`` in flight.
+
+        Returns the outputs in input order.
+        """
+        todo = list(batches)
+        out: dict[int, np.ndarray] = {}
+        sent = 0
+        while len(out) < len(todo):
+            while sent < len(todo) and sent - len(out) < max(1, window):
+                self.submit(sent, todo[sent])
+                sent += 1
+            seq, y = self.receive(timeout_s)
+            if not 0 <= seq < len(todo) or seq in out:
+                raise PipelineError(f"output for unknown or repeated seq {seq}", seq)
+            out[seq] = y
+        return [out[i] for i in range(len(todo))]
+
+    def stop(self) -> None:
+        """Send a stop down the chain; each stage passes it on to the next."""
+        self._send(0, encode_stop())
+
+    def wait_stopped(self, timeout_s: float) -> bool:
+        """True when the stop came back through the last stage."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            frame = self._recv_frame(left)
+            if frame is None:
+                return False
+            if _is_stop(frame):
+                return True
+        return False
+
+
+class PipelineClient(_ClientBase):
     """The ground side: push inputs to the first stage, collect the outputs.
 
     ``endpoint`` is the collector the last stage must push to.
@@ -264,57 +359,13 @@ class PipelineClient:
         self._first = first_endpoint
         self._push.connect(first_endpoint)
 
-    def submit(self, seq: int, x: np.ndarray) -> None:
-        self._push.send(encode_batch(seq, x), copy=False)
+    def _send(self, seq: int, frame: bytes) -> None:
+        self._push.send(frame, copy=False)
 
-    def receive(self, timeout_s: float) -> tuple[int, np.ndarray]:
-        """The next output as (seq, array); PipelineError on an error or timeout."""
+    def _recv_frame(self, timeout_s: float) -> bytes | None:
         if not self._pull.poll(int(timeout_s * 1000)):
-            raise PipelineError(f"no output from the pipeline within {timeout_s} s")
-        msg = decode_message(
-            self._pull.recv(),
-            max_message_bytes=self.max_message_bytes,
-            max_elements=self.max_elements,
-        )
-        if msg["kind"] == "error":
-            raise PipelineError(msg["message"], msg["seq"])
-        if msg["kind"] != "batch":
-            raise PipelineError(f"unexpected {msg['kind']!r} message from the pipeline")
-        return msg["seq"], msg["x"]
-
-    def run(
-        self, batches: Iterable[np.ndarray], timeout_s: float = 30.0, window: int = 8
-    ) -> list[np.ndarray]:
-        """Stream batches through the pipeline, at most ``window`` in flight.
-
-        Returns the outputs in input order.
-        """
-        todo = list(batches)
-        out: dict[int, np.ndarray] = {}
-        sent = 0
-        while len(out) < len(todo):
-            while sent < len(todo) and sent - len(out) < max(1, window):
-                self.submit(sent, todo[sent])
-                sent += 1
-            seq, y = self.receive(timeout_s)
-            if not 0 <= seq < len(todo) or seq in out:
-                raise PipelineError(f"output for unknown or repeated seq {seq}", seq)
-            out[seq] = y
-        return [out[i] for i in range(len(todo))]
-
-    def stop(self) -> None:
-        """Ask every stage to stop; the stop travels down the chain."""
-        self._push.send(encode_stop())
-
-    def wait_stopped(self, timeout_s: float) -> bool:
-        """True when the stop came back through the last stage."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if not self._pull.poll(int(left * 1000)):
-                return False
-            if _is_stop(self._pull.recv()):
-                return True
-        return False
+            return None
+        return self._pull.recv()
 
     def close(self) -> None:
         self._pull.close()
