@@ -157,7 +157,6 @@ def _load_stage(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
     if args.routes is not None:
         return _main_mesh(args)
     if args.relay:
@@ -209,6 +208,7 @@ def _main_mesh(args: argparse.Namespace) -> int:
     worker.ttl = args.ttl
     what = "relay" if stage is None else f"stage {stage.start}:{stage.stop} -> {to}"
     log.info("%s on %s: %s", table.own_id, port.endpoint, what)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         worker.serve(args.idle_timeout_s)
     except _Terminated:
@@ -241,6 +241,7 @@ def _main_direct(args: argparse.Namespace) -> int:
         "stage layers %d:%d (%s .. %s) on %s -> %s",
         start, stop, names[start], names[stop - 1], worker.endpoint, args.next,
     )  # fmt: skip
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         stats = worker.serve(args.idle_timeout_s)
     except _Terminated:

@@ -362,3 +362,75 @@ def test_route_header_refuses_oversized_and_malformed_frames():
     text = str(err.value)
     for part in ("dst=''", "src=3", "seq=-1", "ttl=256"):
         assert part in text
+
+
+# -- the stage command's mesh options, in process ----------------------------
+
+
+@pytest.fixture
+def cli_files(tmp_path):
+    spec, weights = example_mlp()
+    spec_path = save_model(tmp_path / "m.json", spec, weights)
+    rows = write_rows(line_mesh("g", "a", "b"), tmp_path)
+    neighbours = tmp_path / "near.json"
+    neighbours.write_text(json.dumps({"a": "tcp://127.0.0.1:1"}))
+    return str(spec_path), {n: str(p) for n, p in rows.items()}, str(neighbours)
+
+
+@pytest.mark.timeout(30)
+def test_stage_command_refuses_incomplete_mesh_options(cli_files, capsys):
+    from agent.__main__ import main
+
+    spec, rows, near = cli_files
+    garbage = Path(near).with_name("garbage.row")
+    garbage.write_bytes(b"\x93\x01\x02")
+    plan = Path(near).with_name("plan.json")
+    plan.write_text(
+        json.dumps(
+            {"stages": [{"node": "a", "first_layer": 0, "end_layer": 1,
+                         "layers": [load_model(spec).layers[0].name]}]}
+        )
+    )  # fmt: skip
+    far = Path(near).with_name("far.json")
+    far.write_text(json.dumps({"b": "tcp://127.0.0.1:1"}))
+    layers = ["--model", spec, "--layers", "0:2"]
+    cases = [
+        (["--relay", "--next", "tcp://127.0.0.1:1"], "--relay runs on the mesh"),
+        ([*layers, "--routes", rows["a"]], "--routes needs --neighbours"),
+        ([*layers, "--routes", rows["a"], "--neighbours", near], "--to NODE"),
+        (
+            [*layers, "--routes", rows["a"], "--neighbours", near, "--to", "x"],
+            "results go to 'x', which is not in the routing row (3 nodes)",
+        ),
+        (
+            [
+                "--model",
+                spec,
+                "--plan",
+                str(plan),
+                "--node",
+                "a",
+                "--routes",
+                rows["b"],
+                "--neighbours",
+                near,
+                "--sink",
+                "g",
+            ],
+            "--node 'a' but the routing row belongs to 'b'",
+        ),  # fmt: skip
+        (["--relay", "--routes", str(garbage), "--neighbours", near], "garbage.row"),
+        (["--layers", "0:1", "--routes", rows["a"], "--neighbours", near], "--model"),
+        (
+            ["--relay", "--routes", rows["g"], "--neighbours", str(far)],
+            "['b'] are not ISL neighbours of 'g'",
+        ),
+        (
+            ["--relay", "--routes", rows["a"], "--neighbours", near, "--ttl", "300"],
+            "--ttl 300 is not in [0, 255]",
+        ),  # fmt: skip
+    ]
+    for argv, expected in cases:
+        assert main(["--log-level", "ERROR", "stage", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert "agent stage: error:" in err and expected in err, (argv, err)
