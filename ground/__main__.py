@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ground._cmd_plan",
         "place a model's layers on nodes: plan --model spec.json --nodes nodes.toml",
     ),
+    "routes": (
+        "ground._cmd_routes",
+        "write each node's routing row: routes --nodes nodes.toml --out DIR",
+    ),
 }
 
 

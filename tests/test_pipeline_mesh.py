@@ -38,27 +38,42 @@ RECV_TIMEOUT_S = 20.0
 GROUND, RELAY, ISOLATED = "ground", "sat-relay", "sat-isolated"
 
 
-def mesh_around(stage_nodes: list[str]) -> SpaceMesh:
+def links_around(stage_nodes: list[str]) -> list[tuple[str, str, float]]:
     """ground - S0 - relay - S1 - S2 - ground, and a slow S0 - S2 shortcut.
 
     S0 and S1 are not neighbours: S0's row sends S1's traffic through the
-    relay (4 ms) rather than through S2 (20 ms + 2 ms).  One satellite has no
-    link at all.
+    relay (4 ms) rather than through S2 (20 ms + 2 ms).  The nodes file also
+    lists a satellite with no link at all, so nothing reaches it.
     """
     s0, s1, s2 = stage_nodes
-    mesh = SpaceMesh()
-    for name in (GROUND, s0, s1, s2, RELAY, ISOLATED):
-        mesh.add_node(MeshNode(name, is_ground=name == GROUND))
-    for a, b, latency_ms in (
+    return [
         (GROUND, s0, 5.0),
         (s0, RELAY, 2.0),
         (RELAY, s1, 2.0),
         (s1, s2, 2.0),
         (s2, GROUND, 5.0),
         (s0, s2, 20.0),
-    ):
-        mesh.add_link(a, b, 1000.0, latency_ms)
-    return mesh
+    ]
+
+
+def write_routes(links, directory: Path) -> dict[str, Path]:
+    """Rows made by ``python -m ground routes`` from a nodes file."""
+    from ground.__main__ import main as ground_main
+
+    toml = [f'[[node]]\nname = "{GROUND}"\ntype = "ground"\n'
+            'memory_gb = 1.0\ncompute_tflops = 1.0\n',
+            f'[[node]]\nname = "{ISOLATED}"\nmemory_gb = 1.0\n'
+            'compute_tflops = 1.0\n']  # fmt: skip
+    for a, b, latency_ms in links:
+        toml.append(
+            f'[[link]]\na = "{a}"\nb = "{b}"\nbandwidth_mbps = 1000.0\n'
+            f"latency_ms = {latency_ms}\n"
+        )
+    nodes = directory / "nodes.toml"
+    nodes.write_text("\n".join(toml))
+    out = directory / "rows"
+    assert ground_main(["routes", "--nodes", str(nodes), "--out", str(out)]) == 0
+    return {p.stem: p for p in out.glob("*.row")}
 
 
 def write_rows(mesh: SpaceMesh, directory: Path) -> dict[str, Path]:
@@ -120,8 +135,8 @@ def mesh_pipeline(tmp_path, request):
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps(plan))
     stage_nodes = [s["node"] for s in plan["stages"]]
-    mesh = mesh_around(stage_nodes)
-    rows = write_rows(mesh, tmp_path)
+    rows = write_routes(links_around(stage_nodes), tmp_path)
+    assert sorted(rows) == sorted([GROUND, ISOLATED, RELAY, *stage_nodes])
 
     procs: dict[str, subprocess.Popen] = {}
     endpoints: dict[str, str] = {}
@@ -139,8 +154,8 @@ def mesh_pipeline(tmp_path, request):
         endpoints[GROUND] = ground_port.endpoint
         client = MeshPipelineClient(ground_port, stage_nodes[0])
         # every node is told its neighbours' endpoints once all of them listen
-        graph = mesh.routing_graph()
         for node in [*procs, GROUND]:
+            graph = load_row(rows[node]).graph
             i = graph.index_of(node)
             links = graph.indices[graph.indptr[i] : graph.indptr[i + 1]]
             directory = {graph.node_ids[j]: endpoints[graph.node_ids[j]] for j in links}
