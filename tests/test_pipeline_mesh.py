@@ -449,3 +449,22 @@ def test_stage_command_refuses_incomplete_mesh_options(cli_files, capsys):
         assert main(["--log-level", "ERROR", "stage", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert "agent stage: error:" in err and expected in err, (argv, err)
+
+
+def test_routes_command_refuses_a_nodes_file_without_usable_links(tmp_path, capsys):
+    from ground.__main__ import main as ground_main
+
+    nodes = tmp_path / "nodes.toml"
+    out = str(tmp_path / "rows")
+    nodes.write_text('[[node]]\nname = "g"\nmemory_gb = 1.0\ncompute_tflops = 1.0\n')
+    assert ground_main(["routes", "--nodes", str(nodes), "--out", out]) == 2
+    assert "no [[link]] tables" in capsys.readouterr().err
+    nodes.write_text('[[link]]\na = "g"\nb = "s"\nbandwidth_mbps = 10.0\n')
+    assert ground_main(["routes", "--nodes", str(nodes), "--out", out]) == 2
+    assert "[[link]] 1 has no latency_ms" in capsys.readouterr().err
+    nodes.write_text(
+        '[[link]]\na = "g"\nb = "s"\nbandwidth_mbps = 10.0\nlatency_ms = 3.0\n'
+    )
+    assert ground_main(["routes", "--nodes", str(nodes), "--out", out]) == 0
+    row = load_row(tmp_path / "rows" / "g.row")
+    assert row.lookup("s").next_hop == "s" and row.lookup("s").cost_ms == 3.0
