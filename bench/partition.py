@@ -18,13 +18,16 @@
    nodes declared at the measured rate, linked by the loopback figures
    measured here; three ``python -m agent stage`` processes on loopback run
    it.  Reports measured latency (one batch in flight) and throughput (8 in
-   flight) next to the plan's estimates.
+   flight) next to the plan's estimates.  Then the same stages run as mesh
+   nodes (``--routes``) with a relay process between the first two, against
+   the direct run: the cost of forwarding through routing rows.
 
     PYTHONPATH=. python bench/partition.py [--quick]
 """
 
 import argparse
 import itertools
+import json
 import math
 import os
 import platform
@@ -43,8 +46,10 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
 from agent._cmd_profile import profile_model  # noqa: E402
+from agent._mesh import MeshNode, SpaceMesh  # noqa: E402
 from agent._nn import example_mlp, load_model, save_model  # noqa: E402
 from agent._pipeline import PipelineClient  # noqa: E402
+from agent._pipeline_mesh import MeshPipelineClient, MeshPort  # noqa: E402
 from ground._partition import (  # noqa: E402
     LayerProfile,
     ModelProfile,
@@ -55,6 +60,7 @@ from ground._partition import (  # noqa: E402
     as_link_model,
 )
 from ground._partition_search import _Instance, _relaxed_cost_to_go  # noqa: E402
+from ground._tables import build_tables  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_S = 0.5
@@ -208,6 +214,117 @@ def start_stage(spec_path: Path, start: int, stop: int, next_endpoint: str):
     return proc, line.split()[1]
 
 
+def measure(client, model, x: np.ndarray, n_stream: int) -> tuple[list, float]:
+    """(one-batch latencies s, best time of a window-8 stream of n_stream s)."""
+    client.run([x] * 10, window=1)  # warm up every stage
+    lat = []
+    for _ in range(40):
+        t0 = time.perf_counter()
+        (y,) = client.run([x], window=1)
+        lat.append(time.perf_counter() - t0)
+    assert np.allclose(y, model.forward(x), rtol=1e-5, atol=1e-6)
+    stream_s = math.inf
+    for _ in range(3):  # best of three: the machine is shared
+        t0 = time.perf_counter()
+        client.run([x] * n_stream, window=8)
+        stream_s = min(stream_s, time.perf_counter() - t0)
+    client.stop()
+    client.wait_stopped(10.0)
+    return lat, stream_s
+
+
+def run_direct(spec_path: Path, plan, model, x, n_stream: int):
+    client = PipelineClient("")
+    procs = []
+    nxt = client.endpoint
+    try:
+        for stage in reversed(plan.stages):
+            proc, nxt = start_stage(spec_path, stage.first_layer, stage.end_layer, nxt)
+            procs.append(proc)
+        client.connect(nxt)
+        return measure(client, model, x, n_stream)
+    finally:
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        client.close()
+
+
+def start_mesh_node(args: list[str]):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--log-level", "WARNING", "stage",
+         "--neighbours", "-", "--idle-timeout-s", "120", *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"mesh node {args} did not start: {line!r}")
+    return proc, line.split()[1]
+
+
+def run_mesh(spec_path: Path, plan, model, x, n_stream: int, workdir: Path):
+    """The same stages as mesh nodes: ground - S0 - relay - S1 - S2 - ground.
+
+    Links are as fast as loopback allows (the figures only rank routes), so
+    the difference to the direct run is the relay hop: one more process, a
+    header parse and a copy per batch.
+    """
+    s0, s1, s2 = (s.node for s in plan.stages)
+    mesh = SpaceMesh()
+    for name in ("ground", s0, s1, s2, "relay"):
+        mesh.add_node(MeshNode(name))
+    for a, b in (
+        ("ground", s0),
+        (s0, "relay"),
+        ("relay", s1),
+        (s1, s2),
+        (s2, "ground"),
+    ):
+        mesh.add_link(a, b, 10_000.0, 0.05)
+    tables = build_tables(mesh.routing_graph(), expires=time.time() + 3600.0)
+    rows = {}
+    for node in tables.graph.node_ids:
+        rows[node] = workdir / f"{node}.row"
+        rows[node].write_bytes(tables.row(node).to_bytes())
+    nexts = [s1, s2, "ground"]
+    procs, endpoints = {}, {}
+    port = MeshPort(tables.row("ground"))
+    endpoints["ground"] = port.endpoint
+    client = MeshPipelineClient(port, s0)
+    try:
+        for stage, to in zip(plan.stages, nexts, strict=True):
+            procs[stage.node], endpoints[stage.node] = start_mesh_node(
+                ["--model", str(spec_path), "--routes", str(rows[stage.node]),
+                 "--layers", f"{stage.first_layer}:{stage.end_layer}", "--to", to]
+            )  # fmt: skip
+        procs["relay"], endpoints["relay"] = start_mesh_node(
+            ["--relay", "--routes", str(rows["relay"])]
+        )
+        g = tables.graph
+        for node in [*procs, "ground"]:
+            i = g.index_of(node)
+            links = g.indices[g.indptr[i] : g.indptr[i + 1]]
+            near = {g.node_ids[j]: endpoints[g.node_ids[j]] for j in links}
+            if node == "ground":
+                port.connect(near)
+            else:
+                procs[node].stdin.write(json.dumps(near) + "\n")
+                procs[node].stdin.flush()
+        return measure(client, model, x, n_stream)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        client.close()
+
+
 def bench_pipeline(workdir: Path, batch: int, n_stream: int) -> dict:
     spec, weights = example_mlp(seed=1, sizes=(256, 1024, 1024, 1024, 1024, 256, 10))
     spec_path = save_model(workdir / "mlp.json", spec, weights)
@@ -224,37 +341,13 @@ def bench_pipeline(workdir: Path, batch: int, n_stream: int) -> dict:
         profile, [*nodes, ground], source="ground", sink="ground"
     )
 
-    client = PipelineClient("")
-    procs = []
-    nxt = client.endpoint
-    try:
-        for stage in reversed(plan.stages):
-            proc, nxt = start_stage(spec_path, stage.first_layer, stage.end_layer, nxt)
-            procs.append(proc)
-        client.connect(nxt)
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((batch, *model.input_shape)).astype(np.float32)
-        client.run([x] * 10, window=1)  # warm up every stage
-        lat = []
-        for _ in range(40):
-            t0 = time.perf_counter()
-            (y,) = client.run([x], window=1)
-            lat.append(time.perf_counter() - t0)
-        assert np.allclose(y, model.forward(x), rtol=1e-5, atol=1e-6)
-        stream_s = math.inf
-        for _ in range(3):  # best of three: the machine is shared
-            t0 = time.perf_counter()
-            client.run([x] * n_stream, window=8)
-            stream_s = min(stream_s, time.perf_counter() - t0)
-        client.stop()
-        client.wait_stopped(10.0)
-    finally:
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        client.close()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *model.input_shape)).astype(np.float32)
+    direct = run_direct(spec_path, plan, model, x, n_stream)
+    if len(plan.stages) != 3:
+        raise RuntimeError(f"the plan has {len(plan.stages)} stages, expected 3")
+    mesh = run_mesh(spec_path, plan, model, x, n_stream, workdir)
+    lat, stream_s = direct
     return {
         "stages": [(s.node, s.first_layer, s.end_layer) for s in plan.stages],
         "batch": batch,
@@ -266,6 +359,9 @@ def bench_pipeline(workdir: Path, batch: int, n_stream: int) -> dict:
         "throughput": n_stream * batch / stream_s,
         "plan_throughput": plan.estimated_throughput_per_s,
         "stage_compute_ms": [s.compute_ms for s in plan.stages],
+        "mesh_latency_ms": statistics.median(mesh[0]) * 1e3,
+        "mesh_latency_min_ms": min(mesh[0]) * 1e3,
+        "mesh_throughput": n_stream * batch / mesh[1],
     }
 
 
@@ -313,6 +409,16 @@ def report_pipeline(quick: bool) -> None:
         f"{'throughput (best of 3)':<22} {r['throughput']:>10.0f} "
         f"{r['plan_throughput']:>10.0f} {r['throughput'] / r['plan_throughput']:>6.2f}"
     )
+    print()
+    print("   the same stages as mesh nodes, S0 -> S1 through a relay process")
+    print(f"{'quantity':<22} {'mesh':>10} {'direct':>10} {'ratio':>6}")
+    for name, key, digits in (
+        ("latency ms/batch", "latency_ms", 3),
+        ("  (least of 40)", "latency_min_ms", 3),
+        ("throughput (best of 3)", "throughput", 0),
+    ):
+        m, d = r[f"mesh_{key}"], r[key]
+        print(f"{name:<22} {m:>10.{digits}f} {d:>10.{digits}f} {m / d:>6.2f}")
 
 
 def main() -> int:
