@@ -11,7 +11,13 @@
   on its own ``.npz`` shard (``agent._mlp``), compresses the change with
   error feedback when compression is configured, stores it durably and sends
   it if the window is still open;
-- deletes an update from the outbox only when its ACK arrives.
+- deletes an update from the outbox only when its ACK arrives;
+- out of contact, when the run's contact plan says a neighbour reaches the
+  ground sooner than its own next pass, hands the update over an ISL to that
+  neighbour while their link is up (``agent._demo_relay``: custody transfer,
+  contact graph routing); it deletes its copy only on the neighbour's
+  custody ACK, and uploads in its own passes, inside RELAY messages, what
+  neighbours handed to it.
 
 It composes the project's pieces (wire format, DEALER transport with CURVE,
 outbox, trainer, pass predictor) rather than running ``python -m agent run``
@@ -26,6 +32,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +42,14 @@ import numpy as np
 
 from agent import _wire as W
 from agent._clock import SimClock
-from agent._demo_orbit import Window, own_windows, station_from_dict
+from agent._demo_orbit import Window, own_windows, plan_from_dict, station_from_dict
+from agent._demo_relay import (
+    DEFAULT_MIN_GAIN_S,
+    CustodyServer,
+    RelayLedger,
+    RelayPlanner,
+    hand_over,
+)
 from agent._keys import load_public, load_secret
 from agent._mlp import MLPTrainer
 from agent._outbox import Outbox
@@ -56,11 +70,13 @@ class EventLog:
     def __init__(self, path: str | Path, clock: SimClock) -> None:
         self._file = open(path, "a", buffering=1)
         self._clock = clock
+        self._lock = threading.Lock()  # the ISL endpoint's thread writes too
 
     def write(self, event: str, **fields: Any) -> None:
         record = {"t_sim_s": round(self._clock.elapsed_s(), 3), "event": event}
         record.update(fields)
-        self._file.write(json.dumps(record) + "\n")
+        with self._lock:
+            self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self._file.close()
@@ -119,7 +135,53 @@ class DemoAgent:
             self.clock.sim_epoch,
             self.end_s,
         )
+        self.ledger = RelayLedger(self.outbox)
+        self.isl: dict[str, DealerTransport] = {}
+        self.planner: RelayPlanner | None = None
+        self.custody: CustodyServer | None = None
+        self.next_relay_wall = 0.0
+        relay = config.get("relay")
+        if relay:
+            self._start_relay(relay)
         self.events.write("start", windows=len(self.windows))
+
+    def _start_relay(self, relay: dict[str, Any]) -> None:
+        plan = plan_from_dict(json.loads(Path(relay["plan"]).read_text()))
+        self.planner = RelayPlanner(
+            self.id,
+            plan,
+            [s["name"] for s in self.config["stations"]],
+            min_gain_s=float(relay.get("min_gain_s", DEFAULT_MIN_GAIN_S)),
+        )
+        curve = self.config.get("curve")
+        own_keys = None
+        if curve:
+            public, secret = load_secret(curve["secret"])
+            own_keys = (public, secret)
+        self.custody = CustodyServer(
+            self.id,
+            relay["bind"],
+            self.ledger,
+            self._now_s,
+            self._on_custody,
+            curve=own_keys,
+        )
+        for name, peer in relay["neighbours"].items():
+            keys = None
+            if own_keys is not None:
+                keys = CurveClientKeys(*own_keys, load_public(peer["public"]))
+            self.isl[name] = DealerTransport(peer["endpoint"], self.id, curve=keys)
+
+    def _on_custody(self, of, seq: int, nbytes: int, duplicate: bool) -> None:
+        self.events.write(
+            "custody",
+            origin=of[0],
+            round=of[1],
+            seq=of[2],
+            local_seq=seq,
+            bytes=nbytes,
+            duplicate=duplicate,
+        )
 
     # -- messages --------------------------------------------------------
 
@@ -139,20 +201,70 @@ class DemoAgent:
     def _send_pending(self, window: Window) -> None:
         for entry in self.outbox.pending():
             now_s = self._now_s()
-            data = W.encode_envelope(
-                W.MessageType.UPDATE, self.id, entry.round, entry.seq, now_s,
-                entry.body,
-            )  # fmt: skip
+            ids: dict[str, Any] = {"round": entry.round, "seq": entry.seq}
+            if entry.kind == int(W.MessageType.RELAY):
+                origin = self.ledger.origin(entry.round, entry.seq)
+                if origin is not None:
+                    ids = {"origin": origin[0], "round": origin[1], "seq": origin[2]}
+                    ids["local_seq"] = entry.seq
+                body = W.encode_body(W.MessageType.RELAY, {"message": entry.body})
+                data = W.encode_envelope(
+                    W.MessageType.RELAY, self.id, entry.round, entry.seq, now_s, body
+                )
+            else:
+                data = W.encode_envelope(
+                    W.MessageType.UPDATE, self.id, entry.round, entry.seq, now_s,
+                    entry.body,
+                )  # fmt: skip
             if not self.transport.send(data):
                 return
             self.outbox.mark_sent(entry.round, entry.seq, now_s)
             self.events.write(
                 "sent",
-                round=entry.round,
-                seq=entry.seq,
+                **ids,
                 bytes=len(data),
                 station=window.station,
                 attempt=entry.attempts + 1,
+            )
+
+    def _maybe_relay(self) -> None:
+        """Out of contact: hand updates to a neighbour that reaches ground sooner."""
+        if self.planner is None or time.time() < self.next_relay_wall:
+            return
+        self.next_relay_wall = time.time() + 0.25
+        t_s = self.clock.elapsed_s()
+        for entry in self.outbox.pending():
+            if entry.kind != int(W.MessageType.UPDATE):
+                continue  # what neighbours handed over goes down, never on
+            now_s = self._now_s()
+            frame = W.encode_envelope(
+                W.MessageType.UPDATE, self.id, entry.round, entry.seq, now_s,
+                entry.body,
+            )  # fmt: skip
+            choice = self.planner.choose(t_s, len(frame))
+            if choice is None or choice.neighbour not in self.isl:
+                continue
+            answer = hand_over(
+                self.isl[choice.neighbour], self.id, entry.round, entry.seq, frame,
+                now_s,
+            )  # fmt: skip
+            if answer != "ack":
+                # No answer (the neighbour is down or slow): keep it, try later.
+                self.next_relay_wall = time.time() + 1.0
+                return
+            # The neighbour holds it durably now: only then drop our copy.
+            self.outbox.ack(entry.round, entry.seq)
+            self.events.write(
+                "handed",
+                round=entry.round,
+                seq=entry.seq,
+                to=choice.neighbour,
+                bytes=len(frame),
+                via_station=choice.station,
+                arrival_s=round(choice.arrival_s, 1),
+                own_arrival_s=None
+                if choice.direct_arrival_s is None
+                else round(choice.direct_arrival_s, 1),
             )
 
     def _handle(self, data: bytes) -> None:
@@ -176,17 +288,29 @@ class DemoAgent:
                 self.model_version = version
                 self.events.write("model", version=version, bytes=len(data))
         elif message.type is W.MessageType.ACK:
-            _, rnd, seq = message.body["of"]
-            if self.outbox.ack(rnd, seq):
+            sender, rnd, seq = message.body["of"]
+            if sender != self.id:
+                # An update relayed for its origin: the ACK names the origin.
+                if self.ledger.settle((sender, rnd, seq), True):
+                    self.events.write(
+                        "ack", origin=sender, round=rnd, seq=seq,
+                        duplicate=message.body["duplicate"],
+                    )  # fmt: skip
+            elif self.outbox.ack(rnd, seq):
                 self.events.write(
                     "ack", round=rnd, seq=seq, duplicate=message.body["duplicate"]
                 )
         elif message.type is W.MessageType.NACK:
-            _, rnd, seq = message.body["of"]
+            sender, rnd, seq = message.body["of"]
             reason = message.body["reason"]
             # A refused update is dropped for good: the ground NACKs an update
             # it will never take (too stale, a closed round, malformed).
-            if self.outbox.nack(rnd, seq):
+            if sender != self.id:
+                if self.ledger.settle((sender, rnd, seq), False):
+                    self.events.write(
+                        "nack", origin=sender, round=rnd, seq=seq, reason=reason
+                    )
+            elif self.outbox.nack(rnd, seq):
                 self.events.write("nack", round=rnd, seq=seq, reason=reason)
             logger.info("%s: update %d/%d refused: %s", self.id, rnd, seq, reason)
 
@@ -283,6 +407,7 @@ class DemoAgent:
                 while index < len(self.windows) and self.windows[index].end <= now:
                     index += 1
                 if index >= len(self.windows):
+                    self._maybe_relay()
                     time.sleep(0.1)
                     continue
                 window = self.windows[index]
@@ -290,7 +415,9 @@ class DemoAgent:
                     wait_s = self.clock.wall_seconds(
                         (window.start - now).total_seconds()
                     )
-                    # Drain stray replies while waiting; never transmit.
+                    # Drain stray replies while waiting; never transmit to the
+                    # ground (a neighbour over an ISL, when the plan says so).
+                    self._maybe_relay()
                     self._pump(time.time() + min(wait_s, 0.2))
                     time.sleep(min(wait_s, 0.2))
                     continue
@@ -300,6 +427,10 @@ class DemoAgent:
             self.events.write(
                 "stop", outbox=len(self.outbox), model_version=self.model_version
             )
+            if self.custody is not None:
+                self.custody.close()
+            for link in self.isl.values():
+                link.close()
             self.events.close()
             self.transport.close()
             self.outbox.close()

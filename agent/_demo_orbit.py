@@ -15,12 +15,22 @@ from datetime import UTC, datetime, timedelta
 
 from sgp4.api import Satrec
 
+from agent._cgr import Contact, ContactPlan, contacts_from_series, contacts_from_windows
 from agent._contacts import ContactPredictor, ContactWindow, find_windows
 from agent._geo import Position
+from agent._isl import IslConfig, IslNetwork
 from agent._stations import GroundStation
 from agent._tle import parse_tle_lines
 
 DEFAULT_MIN_ELEVATION_DEG = 10.0
+# Inter-satellite links for relaying: each satellite links to its nearest
+# visible neighbours (at most 4 terminals) within 5,000 km, line of sight
+# clear of the Earth plus 80 km of atmosphere.  Nearest-visible rather than
+# +Grid, because it works for any set of orbits (a --tle file, any count).
+DEMO_ISL = IslConfig(topology="nearest", max_terminals=4, max_range_km=5_000.0)
+# Link snapshots every minute: a link must be seen in two snapshots to count
+# as a contact, and it is trusted only between them (agent._cgr).
+ISL_STEP_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +116,52 @@ def own_windows(
     predictor = ContactPredictor(line1, line2, stations, name=name)
     windows = predictor.windows(start, duration_s / 3600.0)
     return sorted((Window.of(w) for w in windows), key=lambda w: w.start)
+
+
+def demo_contact_plan(
+    tles: Sequence[tuple[str, str, str]],
+    stations: Sequence[GroundStation],
+    start: datetime,
+    duration_s: float,
+) -> ContactPlan:
+    """The run's contact plan: ISL contacts both ways and every ground pass."""
+    plan = ContactPlan(epoch=start)
+    if len(tles) > 1:
+        series = IslNetwork(list(tles), DEMO_ISL).series(start, duration_s, ISL_STEP_S)
+        for contact in contacts_from_series(series, epoch=start):
+            plan.add(contact)
+    satellites = [(name, parse_tle_lines(l1, l2, name)) for name, l1, l2 in tles]
+    search = find_windows(satellites, stations, start, duration_s / 3600.0)
+    for name, _, _ in tles:
+        mine = [w for w in search.windows if w.satellite == name]
+        for contact in contacts_from_windows(name, mine, start):
+            plan.add(contact)
+    return plan
+
+
+def plan_to_dict(plan: ContactPlan) -> dict:
+    """JSON-ready: the epoch and ``[start_s, end_s, from, to, rate_B_s, owlt_s]``."""
+    return {
+        "epoch": plan.epoch.isoformat(),
+        "contacts": [
+            [c.start_s, c.end_s, c.from_node, c.to_node, c.rate_bytes_s, c.owlt_s]
+            for c in plan.contacts
+        ],
+    }
+
+
+def plan_from_dict(d: dict) -> ContactPlan:
+    epoch = datetime.fromisoformat(d["epoch"])
+    return ContactPlan((Contact(*row) for row in d["contacts"]), epoch=epoch)
+
+
+def isl_neighbours(
+    plan: ContactPlan, satellites: Sequence[str]
+) -> dict[str, list[str]]:
+    """Per satellite, the satellites it has at least one ISL contact with."""
+    names = set(satellites)
+    out: dict[str, set[str]] = {s: set() for s in satellites}
+    for c in plan.contacts:
+        if c.from_node in names and c.to_node in names:
+            out[c.from_node].add(c.to_node)
+    return {s: sorted(n) for s, n in out.items()}

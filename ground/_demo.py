@@ -20,6 +20,11 @@ few minutes.  Per run the launcher:
    logs and outboxes and the daemon's journal into a ``RunSummary``
    (``ground._report``).
 
+For relaying, the launcher also computes the run's contact plan once
+(inter-satellite links and every ground pass, ``agent._demo_orbit``), writes
+it as JSON, and gives each agent its own loopback ISL endpoint and those of
+its ISL neighbours.
+
 With ``compare`` it repeats the run as the dense synchronous FedAvg baseline
 on the same orbits, stations and data.
 """
@@ -39,8 +44,12 @@ from typing import Any
 import numpy as np
 
 from agent import _wire as W
+from agent._cgr import ContactPlan
 from agent._clock import SimClock
 from agent._demo_orbit import (
+    demo_contact_plan,
+    isl_neighbours,
+    plan_to_dict,
     station_to_dict,
 )
 from agent._keys import make_keypair
@@ -172,8 +181,16 @@ class Observer:
         self.transport.close()
 
 
-def _launch(run: RunPlan, progress: Callable[[float, dict | None], None] | None):
-    """Start the daemon and the agents, follow the run, stop them at its end."""
+def _launch(
+    run: RunPlan,
+    progress: Callable[[float, dict | None], None] | None,
+    plan: ContactPlan | None = None,
+):
+    """Start the daemon and the agents, follow the run, stop them at its end.
+
+    With a contact ``plan`` the agents relay over ISLs; without, they only
+    hold and upload.
+    """
     from agent._keys import load_public, load_secret
     from agent._transport import CurveClientKeys
 
@@ -251,6 +268,20 @@ def _launch(run: RunPlan, progress: Callable[[float, dict | None], None] | None)
             preexec_fn=_die_with_parent,
         )
 
+    relays: dict[str, dict[str, Any]] = {}
+    if plan is not None:
+        plan_path = _write_json(d / "config" / "contact_plan.json", plan_to_dict(plan))
+        isl = {sat: f"tcp://127.0.0.1:{_free_port()}" for sat in run.sat_ids}
+        for sat, peers in isl_neighbours(plan, run.sat_ids).items():
+            relays[sat] = {
+                "plan": str(plan_path),
+                "bind": isl[sat],
+                "min_gain_s": o.relay_min_gain_s,
+                "neighbours": {
+                    n: {"endpoint": isl[n], "public": str(d / "keys" / f"{n}.key")}
+                    for n in peers
+                },
+            }
     procs["ground"] = spawn(
         "ground",
         ["-m", "ground", "--log-level", o.log_level, "serve", "--config",
@@ -284,6 +315,7 @@ def _launch(run: RunPlan, progress: Callable[[float, dict | None], None] | None)
             },
             "compression": run.compression,
             "outbox": str(d / "outbox" / f"{sat}.sqlite"),
+            "relay": relays.get(sat),
             "events": str(d / "events" / f"{sat}.jsonl"),
             "log_level": o.log_level,
         }
@@ -371,6 +403,12 @@ def run_demo(
     plans = [("orbitfl", options.strategy, options.compression)]
     if options.compare:
         plans.append(("baseline", "fedavg", None))
+    # The baseline holds and uploads only, as plain FedAvg would.
+    contact_plan = (
+        demo_contact_plan(tles, stations, epoch, options.sim_hours * 3600.0)
+        if options.relay
+        else None
+    )
     summaries = []
     for label, strategy, compression in plans:
         run = RunPlan(
@@ -390,7 +428,9 @@ def run_demo(
             if progress_factory
             else None
         )
-        curve, end_sim_s, codes, wall_s = _launch(run, progress)
+        curve, end_sim_s, codes, wall_s = _launch(
+            run, progress, contact_plan if label == "orbitfl" else None
+        )
         summaries.append(summarise(run, curve, end_sim_s, codes, wall_s))
     return summaries, settings_of(options, stations, data)
 

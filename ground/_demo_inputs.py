@@ -86,6 +86,10 @@ class DemoOptions:
     tle_names: dict[str, str] = field(default_factory=dict)
     startup_s: float = 4.0
     log_level: str = "WARNING"
+    # Relay over ISLs when a neighbour reaches the ground this many simulated
+    # seconds sooner than the satellite's own next pass (agent._demo_relay).
+    relay: bool = True
+    relay_min_gain_s: float = 600.0
 
 
 # -- inputs ------------------------------------------------------------------
@@ -254,4 +258,6 @@ def settings_of(
         "model": {"hidden": list(options.hidden), "local_steps": options.local_steps,
                   "lr": options.lr, "batch_size": options.batch_size},
         "curve": options.curve,
+        "relay": options.relay,
+        "relay_min_gain_s": options.relay_min_gain_s,
     }  # fmt: skip

@@ -4,6 +4,12 @@ The agents' event logs (JSON lines) say what each satellite sent, when and
 over which station, and which ACKs and NACKs it got; their SQLite outboxes
 say what is still waiting for a pass; the daemon's journal says what it
 accepted durably.  Crossing the three gives the lost-update count.
+
+An update is named by its origin's (satellite, round, seq) wherever it is:
+in its origin's outbox, handed over an ISL into a neighbour's outbox (the
+neighbour's events carry ``origin``), or in the journal.  It is lost only
+when it was made or sent and is now in no outbox, not in the journal and
+was not refused with a NACK.
 """
 
 import bisect
@@ -73,7 +79,8 @@ def summarise(
     summary.updates_aggregated = len(accepted)
 
     sent_ids, acked_ids, nacked_ids, held_ids = set(), set(), set(), set()
-    sends = 0
+    made_ids, handed_ids, relay_acked = set(), set(), set()
+    sends = isl_bytes = 0
     windows = contact_windows(run.tles, run.stations, run.epoch, end_sim_s)
     used: set[tuple[str, str, int]] = set()
     lost_satellites = []
@@ -84,8 +91,15 @@ def summarise(
         elif events and events[-1]["event"] != "stop":
             lost_satellites.append(sat)
         for e in events:
+            # Relayed: the event names the origin; the update keeps its id.
+            uid = (e.get("origin", sat), e.get("round"), e.get("seq"))
+            if e["event"] == "trained":
+                made_ids.add(uid)
+            elif e["event"] == "handed":
+                handed_ids.add(uid)
+                isl_bytes += e["bytes"]
             if e["event"] == "sent":
-                sent_ids.add((sat, e["round"], e["seq"]))
+                sent_ids.add(uid)
                 sends += 1
                 summary.bytes_sent += e["bytes"]
                 t_h = e["t_sim_s"]
@@ -98,18 +112,22 @@ def summarise(
                     ):
                         used.add((sat, w.station, i))
             elif e["event"] == "ack":
-                acked_ids.add((sat, e["round"], e["seq"]))
+                acked_ids.add(uid)
+                if "origin" in e and not e["duplicate"]:
+                    relay_acked.add(uid)
             elif e["event"] == "nack":
-                nacked_ids.add((sat, e["round"], e["seq"]))
+                nacked_ids.add(uid)
         outbox_path = d / "outbox" / f"{sat}.sqlite"
         if outbox_path.exists():
             with Outbox(outbox_path) as box:
-                held_ids |= {(sat, x.round, x.seq) for x in box.pending()}
+                held_ids |= {_held_id(sat, x) for x in box.pending()}
     summary.updates_sent = len(sent_ids)
-    # Lost: sent, yet neither aggregated, nor refused with a NACK, nor still
-    # held in the satellite's outbox for a later pass.
-    lost = sent_ids - accepted - nacked_ids - held_ids
+    # Lost: made or sent, yet neither aggregated, nor refused with a NACK,
+    # nor still held in some satellite's outbox (its own or, relayed, a
+    # neighbour's) for a later pass.
+    lost = (made_ids | sent_ids) - accepted - nacked_ids - held_ids
     lost |= acked_ids - accepted
+    summary.updates_relayed = len(handed_ids)
     summary.updates_lost = len(lost)
     summary.lost_satellites = sorted(lost_satellites)
     dense = _dense_update_bytes(
@@ -143,6 +161,9 @@ def summarise(
         {
             "updates_held_in_outboxes": len(held_ids),
             "updates_nacked": len(nacked_ids),
+            "relayed_aggregated": len(relay_acked & accepted),
+            "relayed_held": len(handed_ids & held_ids),
+            "isl_bytes": isl_bytes,
             "transmissions": sends,
             "dense_update_bytes": dense,
             "exit_codes": exit_codes,
@@ -150,6 +171,17 @@ def summarise(
         }
     )
     return summary
+
+
+def _held_id(sat: str, entry) -> tuple[str, int, int]:
+    """The update an outbox entry holds: its own, or the origin's if relayed."""
+    if entry.kind == int(W.MessageType.RELAY):
+        try:
+            message = W.decode(entry.body)
+            return (message.sender, message.round, message.seq)
+        except W.WireError:
+            pass
+    return (sat, entry.round, entry.seq)
 
 
 def _describe_compression(config: dict[str, Any] | None) -> str:

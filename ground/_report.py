@@ -50,6 +50,9 @@ class RunSummary:
     updates_sent: int = 0
     updates_aggregated: int = 0
     updates_lost: int = 0
+    # Updates handed to a neighbour over an ISL (custody transfer) for it to
+    # upload; each is still counted once in updates_sent/aggregated.
+    updates_relayed: int = 0
     lost_satellites: list[str] = field(default_factory=list)
     bytes_sent: int = 0
     dense_bytes_equivalent: int = 0
@@ -182,6 +185,7 @@ def summary_rows(runs: Sequence[RunSummary]) -> list[tuple[str, ...]]:
         ("rounds (model versions)", *(str(r.rounds) for r in runs)),
         ("updates sent", *(str(r.updates_sent) for r in runs)),
         ("updates aggregated", *(str(r.updates_aggregated) for r in runs)),
+        ("updates relayed over ISLs", *(str(r.updates_relayed) for r in runs)),
         ("updates lost", *(str(r.updates_lost) for r in runs)),
         (
             "satellites lost",
