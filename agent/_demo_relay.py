@@ -240,7 +240,7 @@ class CustodyServer:
         of = (inner.sender, inner.round, inner.seq)
         if inner.sender != message.sender or message.sender != peer:
             return self._answer(
-                of,
+                (message.sender, message.round, message.seq),
                 W.NackReason.IMPOSTOR,
                 f"{peer!r} (claiming {message.sender!r}) handed an update of "
                 f"{inner.sender!r}; custody is taken only of the sender's own",
