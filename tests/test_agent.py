@@ -241,3 +241,37 @@ def test_update_held_past_its_expiry_is_dropped_and_logged(tmp_path, caplog):
     finally:
         agent.stop()
         d.stop()
+
+
+def test_agents_sharing_one_credit_all_get_their_updates_in(tmp_path):
+    # One grant at a time: the three agents send one after the other, each
+    # when the update before it has arrived, and every round completes.
+    d = _daemon(
+        tmp_path,
+        ground={"max_inflight": 1},
+        rounds={"min_participants": 3, "deadline_s": 3600},
+    )
+    outstanding = []
+    grant = d._grant
+
+    def counting_grant(identity, of):
+        grant(identity, of)
+        outstanding.append(len(d._grants))
+
+    d._grant = counting_grant
+    agents = []
+    try:
+        for name in ("sat-1", "sat-2", "sat-3"):
+            raw = agent_config(tmp_path, name, d.endpoint, agent={"max_rounds": 2})
+            agents.append(Agent(parse_agent_config(raw, tmp_path)).start())
+        for agent in agents:
+            assert agent.join(T_WAIT_S) and agent.error is None
+            assert [e[0] for e in agent.events] == ["ack", "ack"]
+        _wait(lambda: d.rounds_closed >= 2)
+        assert d.metrics.value("orbitfl_updates_accepted_total") == 6
+        assert d.metrics.value("orbitfl_rejected_total", reason="already_reported") == 0
+        assert len(outstanding) >= 6 and max(outstanding) == 1
+    finally:
+        for agent in agents:
+            agent.stop()
+        d.stop()
