@@ -103,6 +103,10 @@ def main() -> int:
             ("sim hours to 85%", "-", _hours(h_run), _hours(h_base), True),
             ("updates lost", "0", str(run["updates_lost"]),
              str(base["updates_lost"]), run["updates_lost"] == 0),
+            ("updates relayed over ISLs (aggregated)", "-",
+             f"{run.get('updates_relayed', 0)} "
+             f"({run['extra'].get('relayed_aggregated', 0)})",
+             str(base.get("updates_relayed", 0)), True),
         ]  # fmt: skip
         for name, goal, measured, baseline, ok in lines:
             print(
