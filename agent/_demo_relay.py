@@ -39,6 +39,7 @@ import zmq
 from agent import _wire as W
 from agent._cgr import ContactPlan, earliest_arrival
 from agent._outbox import Outbox
+from agent._transport import DealerTransport
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +256,12 @@ class CustodyServer:
 
 
 def hand_over(
-    transport, node_id: str, round: int, seq: int, frame: bytes, now_s: float
+    transport: DealerTransport,
+    node_id: str,
+    round: int,
+    seq: int,
+    frame: bytes,
+    now_s: float,
 ) -> str:
     """Send ``frame`` to a neighbour in a RELAY and wait for its custody answer.
 

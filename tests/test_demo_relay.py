@@ -216,3 +216,30 @@ def test_updates_relay_over_isls_and_are_aggregated_exactly_once(tmp_path):
     assert run["extra"]["relayed_aggregated"] + run["extra"]["relayed_held"] >= len(
         relayed_done
     )
+
+
+def test_demo_contact_plan_has_isls_both_ways_and_every_pass():
+    from agent._demo_orbit import (
+        contact_windows,
+        demo_contact_plan,
+        isl_neighbours,
+        plan_from_dict,
+        plan_to_dict,
+    )
+    from ground._demo_inputs import DEFAULT_STATIONS
+
+    tles = walker_tles(4, 2, 1, 550.0, 97.6, EPOCH)
+    names = [n for n, _, _ in tles]
+    plan = demo_contact_plan(tles, DEFAULT_STATIONS, EPOCH, 3 * 3600.0)
+    isl = [c for c in plan.contacts if c.to_node in names]
+    passes = [c for c in plan.contacts if c.to_node not in names]
+    assert isl and {(c.to_node, c.from_node, c.start_s) for c in isl} == {
+        (c.from_node, c.to_node, c.start_s) for c in isl
+    }
+    # The same passes the launcher draws on the timeline, one contact each.
+    windows = contact_windows(tles, DEFAULT_STATIONS, EPOCH, 3 * 3600.0)
+    assert len(passes) == len(windows)
+    neighbours = isl_neighbours(plan, names)
+    assert all(a in neighbours[b] for a in names for b in neighbours[a])
+    again = plan_from_dict(json.loads(json.dumps(plan_to_dict(plan))))
+    assert again.contacts == plan.contacts and again.epoch == plan.epoch
