@@ -103,12 +103,21 @@ def _layer_range(args: argparse.Namespace, names: list[str]):
     )
 
 
-class _Terminated(Exception):
-    """SIGTERM: leave the serve loop, log the counts, exit 0."""
+_terminated = False
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise _Terminated
+    """SIGTERM: finish the message in hand, leave the loop, log the counts.
+
+    A flag rather than an exception, so that a message forwarded is always
+    counted as forwarded.
+    """
+    global _terminated
+    _terminated = True
+
+
+def _stop_requested() -> bool:
+    return _terminated
 
 
 def _read_routes(path: str):
@@ -210,11 +219,11 @@ def _main_mesh(args: argparse.Namespace) -> int:
     log.info("%s on %s: %s", table.own_id, port.endpoint, what)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        worker.serve(args.idle_timeout_s)
-    except _Terminated:
-        log.info("%s terminated", table.own_id)
+        worker.serve(args.idle_timeout_s, _stop_requested)
     finally:
         port.close()
+    if _terminated:
+        log.info("%s terminated", table.own_id)
     stats = worker.stats
     log.info(
         "%s done: %s%s",
@@ -243,9 +252,7 @@ def _main_direct(args: argparse.Namespace) -> int:
     )  # fmt: skip
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        stats = worker.serve(args.idle_timeout_s)
-    except _Terminated:
-        stats = worker.stats
+        stats = worker.serve(args.idle_timeout_s, _stop_requested)
     finally:
         worker.close()
     log.info(

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,16 +224,31 @@ class StageWorker(Stage):
         self._push.setsockopt(zmq.LINGER, 2000)
         self._push.connect(next_endpoint)
 
-    def serve(self, idle_timeout_s: float | None = None) -> StageStats:
-        """Process batches until a stop message (forwarded on) or an idle timeout."""
+    def serve(
+        self,
+        idle_timeout_s: float | None = None,
+        stop_requested: Callable[[], bool] = lambda: False,
+    ) -> StageStats:
+        """Process batches until a stop, an idle timeout or ``stop_requested()``.
+
+        The stop message is forwarded on; ``stop_requested`` is checked
+        between messages, at least every 0.25 s.
+        """
         poller = zmq.Poller()
         poller.register(self._pull, zmq.POLLIN)
-        timeout_ms = None if idle_timeout_s is None else int(idle_timeout_s * 1000)
-        while True:
-            if not poller.poll(timeout_ms):
+        last = time.monotonic()
+        while not stop_requested():
+            wait_ms = 250
+            if idle_timeout_s is not None:
+                left_s = last + idle_timeout_s - time.monotonic()
+                wait_ms = min(wait_ms, max(0, int(left_s * 1000)))
+            if not poller.poll(wait_ms):
+                if idle_timeout_s is None or time.monotonic() - last < idle_timeout_s:
+                    continue
                 log.info("stage %d:%d idle for %s s, stopping", self.start, self.stop,
                          idle_timeout_s)  # fmt: skip
                 break
+            last = time.monotonic()
             frame = self._pull.recv(copy=True)
             out = self.handle(frame)
             if out is not None:

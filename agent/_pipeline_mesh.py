@@ -56,6 +56,7 @@ MAX_TTL = 255
 MAX_HEADER_BYTES = 1024
 MAX_NODE_ID_LEN = 256
 DEFAULT_SEND_TIMEOUT_S = 5.0
+SERVE_SLICE_S = 0.25
 
 # drop reasons, the keys of MeshStats.dropped
 BAD_HEADER = "bad-header"
@@ -375,11 +376,31 @@ class MeshStageWorker:
             self.port.send(self.next_node, header.seq, out, self.ttl)
         return True
 
-    def serve(self, idle_timeout_s: float | None = None) -> MeshStats:
-        """Route and compute until ``idle_timeout_s`` passes without a message."""
-        while self.step(idle_timeout_s):
-            pass
-        log.info("%s idle for %s s, stopping", self.port.node_id, idle_timeout_s)
+    def serve(
+        self,
+        idle_timeout_s: float | None = None,
+        stop_requested: Callable[[], bool] = lambda: False,
+    ) -> MeshStats:
+        """Route and compute until idle for ``idle_timeout_s`` or asked to stop.
+
+        ``stop_requested`` is checked between messages (at least every
+        SERVE_SLICE_S), so a signal handler can set a flag and the message in
+        hand is finished and counted before the loop ends.
+        """
+        last = time.monotonic()
+        while not stop_requested():
+            wait_s = SERVE_SLICE_S
+            if idle_timeout_s is not None:
+                wait_s = min(wait_s, max(0.0, last + idle_timeout_s - time.monotonic()))
+            if self.step(wait_s):
+                last = time.monotonic()
+            elif idle_timeout_s is not None and (
+                time.monotonic() - last >= idle_timeout_s
+            ):
+                log.info(
+                    "%s idle for %s s, stopping", self.port.node_id, idle_timeout_s
+                )
+                break
         return self.port.stats
 
 

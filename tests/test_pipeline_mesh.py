@@ -118,12 +118,15 @@ def start_node(args: list[str]) -> tuple[subprocess.Popen, str]:
     return proc, line.split()[1]
 
 
-def end_node(proc: subprocess.Popen) -> str:
-    """SIGTERM the node; it must log its counts and exit 0.  Returns stderr."""
-    proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=RECV_TIMEOUT_S)
-    assert proc.returncode == 0, err
-    return err
+def end_nodes(procs: dict[str, subprocess.Popen]) -> dict[str, str]:
+    """SIGTERM the nodes; each must log its counts and exit 0.  Their stderr."""
+    for proc in procs.values():
+        proc.send_signal(signal.SIGTERM)
+    logs = {}
+    for node, proc in procs.items():
+        _out, logs[node] = proc.communicate(timeout=RECV_TIMEOUT_S)
+        assert proc.returncode == 0, logs[node]
+    return logs
 
 
 @pytest.fixture
@@ -201,7 +204,7 @@ def test_relayed_pipeline_equals_the_whole_model(mesh_pipeline):
 
     client.stop()
     assert client.wait_stopped(RECV_TIMEOUT_S)
-    logs = {node: end_node(proc) for node, proc in procs.items()}
+    logs = end_nodes(procs)
     # every batch and the stop crossed the relay, which computed nothing
     relay = summary_counts(logs[RELAY], RELAY)
     assert f"relayed {len(batches) + 1}," in relay and "dropped 0" in relay
@@ -250,7 +253,7 @@ def test_relay_drops_undeliverable_batches_counts_them_and_goes_on(mesh_pipeline
     client.stop()
     assert client.wait_stopped(RECV_TIMEOUT_S)
 
-    err = end_node(procs[RELAY])
+    err = end_nodes(procs)[RELAY]
     line = summary_counts(err, RELAY)
     assert (
         "relayed 3, sent 0, dropped 7 (4 bad-header, 1 ttl-expired, "
