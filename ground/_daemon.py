@@ -14,6 +14,13 @@ it closes the round when the rule says so:
   ``min_participants`` too: an ACKed update is never dropped), and carrying
   the model over unchanged only when nothing did.  Either way it is logged.
 
+A round close writes the checkpoint to the page cache in this thread and
+leaves its fsyncs and rename to a second one, while the next round's updates
+are handled; every reply waits until the checkpoint is durable.  Agents send
+an UPDATE only with a grant (``CREDIT``), and at most ``max_inflight`` grants
+are out at once, which bounds the update frames libzmq queues for the daemon
+whatever the number of agents.
+
 FEDASYNC and FEDBUFF change the model as updates arrive; for them a "round"
 is the checkpoint period and the unit the deadline applies to, and a round
 close flushes FEDBUFF's partial buffer.
