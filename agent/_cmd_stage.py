@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sink", help="mesh mode with --plan: the ground node collecting outputs"
     )
     parser.add_argument(
+        "--send-timeout-s",
+        type=float,
+        default=5.0,
+        help="mesh mode: after this long without progress to a neighbour, mark "
+        "the link down and reroute (default 5)",
+    )
+    parser.add_argument(
         "--ttl",
         type=int,
         default=16,
@@ -206,7 +213,9 @@ def _main_mesh(args: argparse.Namespace) -> int:
                 f"results go to {to!r}, which is not in the routing row "
                 f"({len(table.node_ids)} nodes)"
             ) from exc
-    port = MeshPort(table, bind=args.bind)
+    if not args.send_timeout_s > 0:
+        raise CommandError(f"--send-timeout-s {args.send_timeout_s} must be > 0")
+    port = MeshPort(table, bind=args.bind, send_timeout_s=args.send_timeout_s)
     print(f"READY {port.endpoint}", flush=True)
     try:
         port.connect(_read_neighbours(args.neighbours))

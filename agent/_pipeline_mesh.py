@@ -16,15 +16,21 @@ The stage node of the destination runs its layers and addresses the result
 to the next stage node of the plan (the ground's node after the last stage),
 again through its own next hop.
 
+A neighbour that takes nothing for ``send_timeout_s`` (neighbour sockets
+queue only on a live connection) has its link marked down in the row, the
+row is recomputed on board (``RoutingTable.mark_link_down``) and the message
+goes to the new next hop.  The link stays down until a new row is loaded,
+and the node's other traffic waits while a send times out.
+
 A message that cannot go on is dropped, counted per reason in
 ``MeshStats.dropped`` and logged: the header is malformed, its ``ttl`` is
 spent (a routing loop between rows of different snapshots ends there), the
-destination is not in the row, is unreachable, or its route's valid-until
-time has passed, the next hop has no endpoint in the neighbour directory, or
-the neighbour did not take the message within ``send_timeout_s``.  Nothing
-is sent back to the source: the ground learns of a lost batch by its receive
-timeout.  Holding a batch until a link comes back (store and forward) is not
-done here; the batch is lost.
+destination is not in the row, is unreachable (perhaps after links were
+marked down), or its route's valid-until time has passed, or the next hop
+has no endpoint in the neighbour directory.  Nothing is sent back to the
+source: the ground learns of a lost batch by its receive timeout.  Holding a
+batch until a link comes back (store and forward) is not done here; the
+batch is lost.
 """
 
 from __future__ import annotations
@@ -65,7 +71,6 @@ UNKNOWN_DESTINATION = "unknown-destination"
 UNREACHABLE = "unreachable"
 ROUTE_EXPIRED = "route-expired"
 NO_ENDPOINT = "no-endpoint"
-NEIGHBOUR_BUSY = "neighbour-busy"
 NO_STAGE = "no-stage"
 
 # log the first drops of each reason, then every 1000th: a flood of bad
@@ -151,6 +156,7 @@ class MeshStats:
     relayed: int = 0  # messages passed on for other nodes
     sent: int = 0  # messages this node originated
     dropped: Counter[str] = field(default_factory=Counter)
+    links_down: list[str] = field(default_factory=list)  # neighbours given up on
 
     def summary(self) -> str:
         drops = ", ".join(f"{n} {r}" for r, n in sorted(self.dropped.items()))
@@ -158,6 +164,11 @@ class MeshStats:
             f"delivered {self.delivered}, relayed {self.relayed}, sent "
             f"{self.sent}, dropped {sum(self.dropped.values())}"
             + (f" ({drops})" if drops else "")
+            + (
+                f"; links down to {', '.join(self.links_down)}"
+                if self.links_down
+                else ""
+            )
         )
 
 
@@ -219,9 +230,11 @@ class MeshPort:
             if node in self._out:
                 self._out[node].close()
             sock = self._ctx.socket(zmq.PUSH)
-            # a final stop drains to the neighbour on close; a dead neighbour
-            # blocks a send for send_timeout_s, then the message is dropped
+            # a final stop drains to the neighbour on close.  IMMEDIATE: queue
+            # only on a live connection, so a send to a dead neighbour blocks
+            # for send_timeout_s and fails instead of filling a queue
             sock.setsockopt(zmq.LINGER, 2000)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.SNDTIMEO, int(self.send_timeout_s * 1000))
             sock.connect(endpoint)
             self._out[node] = sock
@@ -280,39 +293,61 @@ class MeshPort:
             sock.close()
 
     def _forward(self, header: RouteHeader, payload: bytes, ttl_out: int) -> str | None:
-        """Send to the next hop with ``ttl_out``; drops log ``header`` as given."""
-        table = self.table
+        """Send to the next hop with ``ttl_out``; drops log ``header`` as given.
+
+        A neighbour that takes nothing for ``send_timeout_s`` has its link
+        marked down in the row, which is recomputed on board, and the message
+        tries the new next hop; it is dropped when no path is left.
+        """
+        while True:
+            reason, busy = self._try_next_hop(header, payload, ttl_out)
+            if busy is None:
+                return reason
+            changed = self.table.mark_link_down(self.node_id, busy)
+            self.stats.links_down.append(busy)
+            log.warning(
+                "%s marked its link to %s down after %s s without progress; "
+                "row recomputed, %d destinations changed next hop",
+                self.node_id, busy, self.send_timeout_s, changed,
+            )  # fmt: skip
+
+    def _try_next_hop(
+        self, header: RouteHeader, payload: bytes, ttl_out: int
+    ) -> tuple[str | None, str | None]:
+        """(drop reason or None, the neighbour that took nothing or None)."""
         try:
-            entry = table.lookup(header.dst)
+            entry = self.table.lookup(header.dst)
         except KeyError:
-            return self._drop(header, UNKNOWN_DESTINATION, "not in the routing row")
+            reason = self._drop(header, UNKNOWN_DESTINATION, "not in the routing row")
+            return reason, None
         if entry.next_hop is None:
-            return self._drop(header, UNREACHABLE, "no path in the routing row")
+            detail = "no path in the routing row"
+            if self.stats.links_down:
+                detail += f" (links down: {', '.join(self.stats.links_down)})"
+            return self._drop(header, UNREACHABLE, detail), None
         now_s = self._clock_s()
         if entry.valid_until is not None and now_s > entry.valid_until.timestamp():
-            return self._drop(
+            reason = self._drop(
                 header,
                 ROUTE_EXPIRED,
                 f"route valid until {entry.valid_until.isoformat()}, "
                 f"{now_s - entry.valid_until.timestamp():.0f} s ago",
             )
+            return reason, None
         sock = self._out.get(entry.next_hop)
         if sock is None:
-            return self._drop(
+            reason = self._drop(
                 header,
                 NO_ENDPOINT,
                 f"next hop {entry.next_hop!r} is not in the neighbour directory",
             )
+            return reason, None
         try:
             out = RouteHeader(header.dst, header.src, header.seq, ttl_out)
             sock.send_multipart([out.encode(), payload], copy=False)
         except zmq.Again:
-            return self._drop(
-                header,
-                NEIGHBOUR_BUSY,
-                f"next hop {entry.next_hop!r} took nothing for {self.send_timeout_s} s",
-            )
-        return None
+            return None, entry.next_hop
+        return None, None
 
     def _drop(self, header: RouteHeader | None, reason: str, detail: str) -> str:
         self.stats.dropped[reason] += 1

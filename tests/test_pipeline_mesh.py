@@ -35,6 +35,7 @@ from ground._tables import build_tables
 
 REPO = Path(__file__).resolve().parent.parent
 RECV_TIMEOUT_S = 20.0
+SEND_TIMEOUT_S = 0.5  # a neighbour silent this long has its link marked down
 GROUND, RELAY, ISOLATED = "ground", "sat-relay", "sat-isolated"
 
 
@@ -103,7 +104,8 @@ def start_node(args: list[str]) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "--log-level", "INFO", "stage",
-         "--neighbours", "-", "--idle-timeout-s", "60", *args],
+         "--neighbours", "-", "--idle-timeout-s", "60", "--send-timeout-s",
+         str(SEND_TIMEOUT_S), *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -267,6 +269,35 @@ def test_relay_drops_undeliverable_batches_counts_them_and_goes_on(mesh_pipeline
     assert "Traceback" not in err
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mesh_pipeline", [example_mlp], indirect=True)
+def test_stage_routes_around_a_relay_that_died(mesh_pipeline):
+    model, client, procs, _, stage_nodes = mesh_pipeline
+    rng = np.random.default_rng(9)
+    batches = [rng.normal(size=(3, *model.input_shape)).astype(np.float32)] * 6
+    before = client.run(batches[:3], timeout_s=RECV_TIMEOUT_S)
+    relay = procs.pop(RELAY)
+    relay.kill()
+    relay.wait()
+    time.sleep(0.2)  # let the first stage's socket see the connection close
+    after = client.run(batches[3:], timeout_s=RECV_TIMEOUT_S)
+    for x, y in zip(batches, before + after, strict=True):
+        np.testing.assert_allclose(y, model.forward(x), rtol=1e-6, atol=1e-7)
+    client.stop()
+    assert client.wait_stopped(RECV_TIMEOUT_S)
+
+    logs = end_nodes(procs)
+    s0, s1, s2 = stage_nodes
+    first = summary_counts(logs[s0], s0)
+    assert "dropped 0" in first and "links down to sat-relay" in first, first
+    assert (
+        f"{s0} marked its link to {RELAY} down after {SEND_TIMEOUT_S} s" in (logs[s0])
+    )
+    # the slow way round: S0 - S2 - S1, so S2 relays the later batches and stop
+    assert "relayed 4," in summary_counts(logs[s2], s2)
+    assert "6 batches computed" in summary_counts(logs[s1], s1)
+
+
 # -- in process ---------------------------------------------------------------
 
 
@@ -330,6 +361,49 @@ def test_in_process_chain_with_two_relays_matches_the_model(tmp_path):
             w.step(0.001)
     assert ports["r2"].stats.dropped == {"ttl-expired": 1}
     assert ports["r1"].stats.dropped == {}
+    for port in ports.values():
+        port.close()
+    ctx.term()
+
+
+def test_a_dead_neighbour_is_marked_down_and_the_batch_rerouted(caplog):
+    # g - a - r - b (1 ms links) and a - c - b (5 ms): r is the next hop
+    mesh = line_mesh("g", "a", "r", "b")
+    mesh.add_node(MeshNode("c"))
+    mesh.add_link("a", "c", 1000.0, 5.0)
+    mesh.add_link("c", "b", 1000.0, 5.0)
+    rows = rows_of(mesh, time.time() + 60)
+    assert rows["a"].next_hop_for("b") == "r"
+    ctx = zmq.Context()
+    ports = {n: MeshPort(rows[n], context=ctx, send_timeout_s=0.2) for n in "gacb"}
+    dead = ctx.socket(zmq.PULL)  # r's inbox: bound, then gone
+    dead.bind("tcp://127.0.0.1:*")
+    r_endpoint = dead.getsockopt_string(zmq.LAST_ENDPOINT)
+    dead.close(linger=0)
+    for port in ports.values():
+        port.connect(
+            {m: r_endpoint if m == "r" else ports[m].endpoint
+             for m in port.neighbour_ids()}
+        )  # fmt: skip
+    relays = [MeshStageWorker(ports[n], None, None) for n in "ac"]
+    with caplog.at_level(logging.WARNING, logger="agent._pipeline_mesh"):
+        assert ports["g"].send("b", 1, b"payload") is None
+        deadline = time.monotonic() + RECV_TIMEOUT_S
+        item = None
+        while item is None and time.monotonic() < deadline:
+            for w in relays:
+                w.step(0.001)
+            if ports["b"].poll(0.001):
+                item = ports["b"].handle_one()
+    assert item is not None
+    header, payload = item
+    assert (header.src, header.seq, payload) == ("g", 1, b"payload")
+    assert header.ttl == 16 - 2  # relayed by a and c
+    assert ports["a"].stats.links_down == ["r"]
+    assert ports["a"].stats.relayed == 1 and not ports["a"].stats.dropped
+    assert rows["a"].next_hop_for("b") == "c"
+    assert "a marked its link to r down after 0.2 s" in caplog.text
+    assert "links down to r" in ports["a"].stats.summary()
     for port in ports.values():
         port.close()
     ctx.term()
