@@ -236,7 +236,14 @@ class MeshPort:
             sock.setsockopt(zmq.LINGER, 2000)
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.SNDTIMEO, int(self.send_timeout_s * 1000))
-            sock.connect(endpoint)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                sock.close()
+                raise ValueError(
+                    f"endpoint {endpoint!r} of neighbour {node!r}: {exc}; expected "
+                    "e.g. tcp://10.0.0.2:7001"
+                ) from exc
             self._out[node] = sock
 
     def send(

@@ -416,6 +416,8 @@ def test_expired_route_missing_endpoint_and_stranger_neighbours(caplog):
     port = MeshPort(rows["g"], context=ctx, clock_s=lambda: now[0])
     with pytest.raises(ValueError, match=r"\['b'\] are not ISL neighbours of 'g'"):
         port.connect({"b": "tcp://127.0.0.1:1"})
+    with pytest.raises(ValueError, match="endpoint 'nowhere' of neighbour 'a'"):
+        port.connect({"a": "nowhere"})
     client = MeshPipelineClient(port, "b")
     x = np.zeros((1, 4), np.float32)
     with caplog.at_level(logging.WARNING, logger="agent._pipeline_mesh"):
