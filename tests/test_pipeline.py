@@ -165,3 +165,36 @@ def test_in_process_worker_forwards_to_the_collector(tmp_path):
     worker.close()
     client.close()
     ctx.term()
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_ends_a_direct_stage_with_its_counts_and_exit_0(tmp_path):
+    import signal
+
+    spec, weights = example_mlp()
+    spec_path = save_model(tmp_path / "m.json", spec, weights)
+    model = load_model(spec_path)
+    client = PipelineClient("")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--log-level", "INFO", "stage",
+         "--model", str(spec_path), "--layers", f"0:{len(model)}",
+         "--next", client.endpoint],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), (line, proc.stderr.read())
+        client.connect(line.split()[1])
+        x = np.ones((2, *model.input_shape), np.float32)
+        (y,) = client.run([x], timeout_s=RECV_TIMEOUT_S)
+        np.testing.assert_allclose(y, model.forward(x), rtol=1e-6)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=RECV_TIMEOUT_S)
+        assert proc.returncode == 0, err
+        assert f"stage 0:{len(model)} done: 1 batches, 0 refused" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.close()
