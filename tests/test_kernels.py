@@ -265,6 +265,16 @@ def test_quantization_saturates_at_the_range_edge(kb):
     assert unpacked.min() >= 1 and unpacked.max() <= 15
 
 
+def test_stochastic_draws_are_splitmix64_split_into_16_bit_quarters():
+    from agent.kernels import _compress_twin as twin
+
+    seed = 2**63 + 5
+    expect = [
+        (cc.splitmix64(seed, i // 4) >> (16 * (i % 4))) & 0xFFFF for i in range(11)
+    ]
+    assert twin._uniform16(seed, 11).tolist() == expect
+
+
 def test_stochastic_rounding_is_unbiased(kb):
     x = np.full(20_000, 0.3, np.float32)
     x[0] = 1.0  # amax = 1, so 0.3 sits at level 38.1 of 127
@@ -347,6 +357,12 @@ def test_scatter_add_rejects_bad_indices_and_shapes(kb):
         kb.scatter_add(acc, np.array([2, 10], np.uint32), np.ones(2, np.float32), 1.0)
     with pytest.raises(ValueError, match="strictly increasing; position 1 holds 2"):
         kb.scatter_add(acc, np.array([2, 2], np.uint32), np.ones(2, np.float32), 1.0)
+    # the compiled kernel checks uint32 indices in C; its verdict must match
+    with pytest.raises(ValueError, match="position 2 holds 3 after 9"):
+        kb.scatter_add(acc, np.array([5, 9, 3], np.uint32), np.ones(3, np.float32), 1)
+    with pytest.raises(ValueError, match="index 12 at position 1 is outside"):
+        kb.scatter_add(acc, np.array([1, 12, 4], np.uint32), np.ones(3, np.float32), 1)
+    assert not acc.any(), "a rejected update must leave the accumulator untouched"
     with pytest.raises(ValueError, match="3 indices for 2 values"):
         kb.scatter_add(acc, np.array([1, 2, 3]), np.ones(2, np.float32), 1.0)
     with pytest.raises(ValueError, match="weight nan is not finite"):
@@ -506,21 +522,34 @@ def test_subnormal_inputs_do_not_slow_the_compiled_kernels():
     tiny = (normal * np.float32(1e-39)).astype(np.float32)
     assert np.count_nonzero(np.abs(tiny) < np.finfo(np.float32).smallest_normal) > 9e5
 
-    def cpu_s(fn):
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.thread_time()
-            fn()
-            best = min(best, time.thread_time() - t0)
-        return best
+    def ratio_tiny_to_normal(fn):
+        # Interleave the two inputs so a load spike hits both, and keep each
+        # one's fastest run: the minimum is what the code costs, the rest is
+        # other processes on the shared cores.
+        best = {"tiny": float("inf"), "normal": float("inf")}
+        for _ in range(7):
+            for name, x in (("tiny", tiny), ("normal", normal)):
+                t0 = time.thread_time()
+                fn(x)
+                best[name] = min(best[name], time.thread_time() - t0)
+        return best["tiny"] / max(best["normal"], 1e-9)
 
+    # A kernel that takes the microcode assist on subnormal operands
+    # runs 10-100x slower; noise on a loaded machine rarely reaches 2x on the
+    # minimum of 7.  Three attempts under a 3x bound keep CI quiet and still
+    # fail a real slowdown every time.
     for label, fn in (
         ("ef_topk", lambda x: kb.ef_topk(np.zeros_like(x), x, 10_000)),
         ("quantize", lambda x: kb.quantize(x, 8, 1024)),
         ("ef_quantize", lambda x: kb.ef_quantize(np.zeros_like(x), x, 8, 1024)),
     ):
-        ratio = cpu_s(lambda f=fn: f(tiny)) / cpu_s(lambda f=fn: f(normal))
-        assert ratio < 2.0, f"{label} runs {ratio:.1f}x slower on subnormals"
+        ratios = []
+        for _ in range(3):
+            ratios.append(ratio_tiny_to_normal(fn))
+            if ratios[-1] < 3.0:
+                break
+        else:
+            pytest.fail(f"{label} runs {min(ratios):.1f}x slower on subnormals")
 
 
 def test_dequantization_saturates_instead_of_overflowing(kb):

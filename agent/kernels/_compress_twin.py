@@ -235,26 +235,11 @@ def _chunk_amax(a: np.ndarray, chunk: int) -> np.ndarray:
     return keymax.view(a.dtype)
 
 
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer (Appleby) on uint32 arrays."""
-    u = np.uint32
-    h = h ^ (h >> u(16))
-    h = h * u(0x85EBCA6B)
-    h = h ^ (h >> u(13))
-    h = h * u(0xC2B2AE35)
-    return h ^ (h >> u(16))
-
-
 def _uniform16(seed: int, n: int) -> np.ndarray:
-    """Element i's 16-bit uniform: half (i % 2) of fmix32 of pair i // 2."""
-    u = np.uint32
-    lo, hi = u(seed & 0xFFFFFFFF), u(seed >> 32)
-    pairs = np.arange((n + 1) // 2, dtype=np.uint32)
-    h = _fmix32((pairs * u(0x9E3779B9) + lo) ^ hi)
-    both = np.empty((pairs.size, 2), np.uint32)
-    both[:, 0] = h & u(0xFFFF)
-    both[:, 1] = h >> u(16)
-    return both.ravel()[:n]
+    """Element i's 16-bit uniform: bits 16*(i % 4) up of splitmix64 draw i // 4."""
+    z = _mix(seed, np.arange((n + 3) // 4, dtype=np.uint64))
+    shifts = np.arange(0, 64, 16, dtype=np.uint64)
+    return ((z[:, None] >> shifts) & np.uint64(0xFFFF)).astype(np.uint16).ravel()[:n]
 
 
 def _codes(a, amax, bits, chunk, stochastic, seed) -> np.ndarray:
