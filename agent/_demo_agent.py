@@ -50,7 +50,7 @@ from agent._demo_relay import (
     RelayPlanner,
     hand_over,
 )
-from agent._keys import load_public, load_secret
+from agent._keys import load_allowlist_checked, load_public, load_secret
 from agent._mlp import MLPTrainer
 from agent._outbox import Outbox
 from agent._transport import CurveClientKeys, DealerTransport
@@ -158,6 +158,11 @@ class DemoAgent:
         if curve:
             public, secret = load_secret(curve["secret"])
             own_keys = (public, secret)
+        allowlist = None
+        if own_keys is not None and relay.get("allowlist"):
+            allowlist, problems = load_allowlist_checked(relay["allowlist"])
+            for problem in problems:
+                logger.warning("%s: ISL allowlist: %s", self.id, problem)
         self.custody = CustodyServer(
             self.id,
             relay["bind"],
@@ -165,6 +170,7 @@ class DemoAgent:
             self._now_s,
             self._on_custody,
             curve=own_keys,
+            allowlist=allowlist,
         )
         for name, peer in relay["neighbours"].items():
             keys = None
@@ -232,7 +238,6 @@ class DemoAgent:
         if self.planner is None or time.time() < self.next_relay_wall:
             return
         self.next_relay_wall = time.time() + 0.25
-        t_s = self.clock.elapsed_s()
         for entry in self.outbox.pending():
             if entry.kind != int(W.MessageType.UPDATE):
                 continue  # what neighbours handed over goes down, never on
@@ -241,6 +246,7 @@ class DemoAgent:
                 W.MessageType.UPDATE, self.id, entry.round, entry.seq, now_s,
                 entry.body,
             )  # fmt: skip
+            t_s = self.clock.elapsed_s()  # seconds after the plan's epoch
             choice = self.planner.choose(t_s, len(frame))
             if choice is None or choice.neighbour not in self.isl:
                 continue
@@ -260,6 +266,7 @@ class DemoAgent:
                 seq=entry.seq,
                 to=choice.neighbour,
                 bytes=len(frame),
+                decided_s=round(t_s, 3),
                 via_station=choice.station,
                 arrival_s=round(choice.arrival_s, 1),
                 own_arrival_s=None

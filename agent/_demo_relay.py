@@ -23,10 +23,12 @@ Three pieces:
   origin) settles the right entry; it is rebuilt from the outbox at start.
 
 The ISL endpoint uses CURVE when the demo does: the neighbour's public key
-authenticates the server to the origin and encrypts the link, but the
-server, having no ZAP handler, accepts any client key.  The ground checks the
-relayer's key and that the origin is a known agent; it cannot check that
-the origin really wrote the update (no end-to-end signature).
+authenticates the server to the origin and encrypts the link, and a ZAP
+handler admits only clients whose keys are in the run's allowlist, with the
+key's name as the User-Id; custody is taken only of an update whose origin
+is that authenticated sender.  The ground checks the relayer's key and that
+the origin is a known agent, so trust is hop by hop: there is no end-to-end
+signature, and a compromised relayer could forge another agent's update.
 """
 
 import logging
@@ -35,6 +37,8 @@ import time
 from dataclasses import dataclass
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from agent import _wire as W
 from agent._cgr import ContactPlan, earliest_arrival
@@ -159,8 +163,34 @@ class RelayLedger:
             return len(self._local)
 
 
+ISL_ZAP_DOMAIN = "isl"
+
+
+class _IslAuthenticator(ThreadAuthenticator):
+    """ZAP for the ISL endpoint: allowlisted keys, User-Id = the key's name."""
+
+    def __init__(self, context: zmq.Context, names: dict[bytes, str]) -> None:
+        super().__init__(context, log=logging.getLogger(__name__ + ".auth"))
+        self.names = names
+
+    def callback(self, domain: str, key_z85: bytes) -> bool:
+        if key_z85 in self.names:
+            return True
+        logger.warning("ISL: refused CURVE client key %s", key_z85.decode("ascii"))
+        return False
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.names.get(z85.encode(client_public_key), "")
+
+
 class CustodyServer:
-    """The agent's ISL endpoint: takes custody of neighbours' updates."""
+    """The agent's ISL endpoint: takes custody of neighbours' updates.
+
+    With ``curve`` (this node's public and secret key) the link is
+    encrypted; with ``allowlist`` too (z85 public key -> agent id) only
+    those clients connect, and a RELAY must come from the agent its key
+    names.
+    """
 
     def __init__(
         self,
@@ -171,6 +201,7 @@ class CustodyServer:
         on_custody,
         *,
         curve: tuple[bytes, bytes] | None = None,
+        allowlist: dict[bytes, str] | None = None,
         limits: W.Limits | None = None,
     ) -> None:
         limits = limits or W.Limits()
@@ -181,11 +212,18 @@ class CustodyServer:
         self.limits = limits
         self._seq = 0
         self._stop = threading.Event()
-        self._ctx = zmq.Context.instance()
+        # A context of its own, so its ZAP handler serves this socket only.
+        self._ctx = zmq.Context()
+        self._auth: _IslAuthenticator | None = None
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + 4096)
         if curve is not None:
+            if allowlist is not None:
+                self._auth = _IslAuthenticator(self._ctx, dict(allowlist))
+                self._auth.start()
+                self._auth.configure_curve_callback(ISL_ZAP_DOMAIN, self._auth)
+                sock.zap_domain = ISL_ZAP_DOMAIN.encode()
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = curve
         sock.bind(bind)
@@ -200,15 +238,23 @@ class CustodyServer:
             if not self._sock.poll(100):
                 continue
             try:
-                identity, data = self._sock.recv_multipart(zmq.NOBLOCK)
+                identity, frame = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except (zmq.Again, ValueError):
                 continue  # a message of other than one frame: no answer
-            reply = self._handle(identity.decode("utf-8", "replace"), data)
+            # With ZAP, the name the client's key is filed under; else its
+            # own claim (the routing id).
+            peer = identity.bytes.decode("utf-8", "replace")
+            if self._auth is not None:
+                peer = frame.get("User-Id")
+            reply = self._handle(peer, frame.bytes)
             try:
-                self._sock.send_multipart([identity, reply], zmq.NOBLOCK)
+                self._sock.send_multipart([identity.bytes, reply], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 logger.info("%s: custody reply to %r lost: %s", self.id, identity, exc)
         self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
 
     def _answer(self, of: Origin, reason: str | None, detail: str = "", dup=False):
         self._seq += 1

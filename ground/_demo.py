@@ -277,6 +277,7 @@ def _launch(
                 "plan": str(plan_path),
                 "bind": isl[sat],
                 "min_gain_s": o.relay_min_gain_s,
+                "allowlist": str(d / "allow") if o.curve else None,
                 "neighbours": {
                     n: {"endpoint": isl[n], "public": str(d / "keys" / f"{n}.key")}
                     for n in peers

@@ -171,9 +171,16 @@ def test_updates_relay_over_isls_and_are_aggregated_exactly_once(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads((out / "report.json").read_text())["run"]
-    assert run["updates_relayed"] >= 1
-    assert run["updates_lost"] == 0 and run["lost_satellites"] == []
-    assert run["updates_aggregated"] == run["updates_sent"] > 0
+    figures = {k: v for k, v in run.items() if k.startswith("updates")}
+    figures.update(run["extra"])
+    assert run["updates_relayed"] >= 1, figures
+    assert run["updates_lost"] == 0 and run["lost_satellites"] == [], figures
+    # An update sent as the run ends may still wait, un-ACKed, in an outbox.
+    assert run["updates_aggregated"] > 0, figures
+    assert (
+        run["updates_sent"] - run["updates_aggregated"]
+        <= run["extra"]["updates_held_in_outboxes"] + run["extra"]["updates_nacked"]
+    ), figures
     assert "updates relayed over ISLs" in done.stdout
 
     run_dir = out / "run-orbitfl"
@@ -185,13 +192,13 @@ def test_updates_relay_over_isls_and_are_aggregated_exactly_once(tmp_path):
         for e in log:
             if e["event"] == "handed":
                 handed[(sat, e["round"], e["seq"])] = e["to"]
-                # Handed over while the plan had the ISL up (the event is
-                # written on the custody ACK, a moment after the hand-off).
+                # Handed over while the plan had the ISL up.
                 assert any(
-                    c[2] == sat and c[3] == e["to"] and c[0] - 1 <= e["t_sim_s"]
-                    and e["t_sim_s"] <= c[1] + 120
+                    c[2] == sat and c[3] == e["to"]
+                    and c[0] <= e["decided_s"] < c[1]
                     for c in isl
                 ), (sat, e)  # fmt: skip
+                assert e["decided_s"] <= e["t_sim_s"]
     assert len(handed) == run["updates_relayed"]
     # Each relayed update reached the relayer's custody, and the ground took
     # every update at most once: one ACK without the duplicate flag per id,
@@ -243,3 +250,58 @@ def test_demo_contact_plan_has_isls_both_ways_and_every_pass():
     assert all(a in neighbours[b] for a in names for b in neighbours[a])
     again = plan_from_dict(json.loads(json.dumps(plan_to_dict(plan))))
     assert again.contacts == plan.contacts and again.epoch == plan.epoch
+
+
+@pytest.mark.timeout(30)
+def test_curve_isl_takes_custody_only_from_allowlisted_keys_of_the_origin(tmp_path):
+    from agent._keys import load_allowlist_checked, load_secret, make_keypair
+    from agent._transport import CurveClientKeys
+
+    allow, other = tmp_path / "allow", tmp_path / "other"
+    allow.mkdir()
+    keys = {}
+    for name, where in (("sat-b", allow), ("sat-a", allow), ("rogue", other)):
+        public, secret = make_keypair(tmp_path / "keys", name)
+        keys[name] = load_secret(secret)
+        if where is allow:
+            (allow / public.name).write_bytes(public.read_bytes())
+        else:
+            where.mkdir(exist_ok=True)
+    names, problems = load_allowlist_checked(allow)
+    assert not problems
+    box = Outbox(tmp_path / "relayer.sqlite")
+    endpoint = _free_endpoint()
+    server = CustodyServer(
+        "sat-b", endpoint, RelayLedger(box), lambda: 1e9, lambda *a: None,
+        curve=keys["sat-b"], allowlist=names,
+    )  # fmt: skip
+
+    def client(key_name: str, claim: str) -> DealerTransport:
+        curve = CurveClientKeys(*keys[key_name], keys["sat-b"][0])
+        return DealerTransport(endpoint, claim, curve=curve)
+
+    links = []
+    try:
+        links.append(good := client("sat-a", "sat-a"))
+        time.sleep(0.3)  # CURVE handshake and ZAP
+        assert hand_over(good, "sat-a", 0, 1, _update_frame("sat-a", 0, 1), 1e9) == (
+            "ack"
+        )
+        # A key outside the allowlist never gets a connection.
+        links.append(rogue := client("rogue", "sat-c"))
+        time.sleep(0.3)
+        assert hand_over(rogue, "sat-c", 0, 1, _update_frame("sat-c", 0, 1), 1e9) == (
+            "none"
+        )
+        # sat-a's key claiming to be sat-c, with sat-c's update: refused.
+        links.append(liar := client("sat-a", "sat-c"))
+        time.sleep(0.3)
+        assert hand_over(liar, "sat-c", 0, 2, _update_frame("sat-c", 0, 2), 1e9) == (
+            "nack"
+        )
+        assert [origin_entry.round for origin_entry in box.pending()] == [0]
+    finally:
+        for link in links:
+            link.close()
+        server.close()
+        box.close()
