@@ -185,13 +185,28 @@ if [ "${HIL_CYTHONIZE_INSIDE:-0}" != 1 ]; then
     done
     touch "$ROOTFS$OPT/src/kernels_pyx/"*.c 2>/dev/null || true
 fi
-in_rootfs /bin/sh -c "cd $OPT/src && $OPT/venv/bin/python setup.py -q \
-    build_ext --inplace -j $(nproc)" >"$WORK/kernel-build.log" 2>&1 \
-    || { tail -n 30 "$WORK/kernel-build.log" >&2; \
-         die "kernel build failed, log in $WORK/kernel-build.log"; }
-if grep -q WARNING "$WORK/kernel-build.log"; then
-    grep WARNING "$WORK/kernel-build.log" >&2
-    die "some kernels did not compile inside the root filesystem"
+# The kernels are recompiled only when their sources or the build changed:
+# a change to the Python code alone reuses the modules built before.
+kernel_hash=$(cd "$ROOTFS$OPT/src" && find setup.py kernels_pyx -type f \
+    \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name setup.py \) \
+    | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+so_cache="$WORK/kernels-aarch64-$kernel_hash"
+if [ -d "$so_cache" ]; then
+    log "kernel sources unchanged ($kernel_hash): reusing the arm64 modules"
+    cp -p "$so_cache"/*.so "$ROOTFS$OPT/src/agent/kernels/" 2>/dev/null || true
+else
+    in_rootfs /bin/sh -c "cd $OPT/src && $OPT/venv/bin/python setup.py -q \
+        build_ext --inplace -j $(nproc)" >"$WORK/kernel-build.log" 2>&1 \
+        || { tail -n 30 "$WORK/kernel-build.log" >&2; \
+             die "kernel build failed, log in $WORK/kernel-build.log"; }
+    if grep -q WARNING "$WORK/kernel-build.log"; then
+        grep WARNING "$WORK/kernel-build.log" >&2
+        die "some kernels did not compile inside the root filesystem"
+    fi
+    rm -rf "$WORK"/kernels-aarch64-*
+    mkdir -p "$so_cache.tmp"
+    cp -p "$ROOTFS$OPT/src/agent/kernels/"*.so "$so_cache.tmp/" 2>/dev/null || true
+    mv "$so_cache.tmp" "$so_cache"
 fi
 n_so=$(find "$ROOTFS$OPT/src/agent/kernels" -name '*.so' | wc -l)
 n_pyx=$(find "$ROOTFS$OPT/src/kernels_pyx" -name '*.pyx' | wc -l)

@@ -192,11 +192,21 @@ def main() -> int:
     from importlib import import_module
 
     import agent.kernels as kernels
+    import agent.kernels as pkg
     from agent.kernels import _sssp_twin
 
+    stems = sorted(p.name.split(".")[0] for p in Path(pkg.__file__).parent.glob("*.so"))
+    importable = []
+    for stem in stems:
+        try:
+            import_module(f"agent.kernels.{stem}")
+            importable.append(stem)
+        except ImportError:
+            pass
     result: dict[str, Any] = {
         "machine": platform.machine(),
         "numpy": np.__version__,
+        "compiled_modules": importable,
         "backends": {},
     }
     for name, mod in kernels.backends().items():
