@@ -68,6 +68,35 @@ cdef extern from *:
         return z ^ (z >> 31);
     }
 
+    /* u[j] = bits 16*(i % 4) up of ofl_mix(seed, i / 4), i = i0 + j.  Kept
+       scalar: SSE2 has no 64-bit multiply, and GCC's emulation of it with
+       pmuludq ran slower than one scalar imul per draw. */
+    #if defined(__clang__)
+    #define OFL_NOVEC
+    #elif defined(__GNUC__)
+    #define OFL_NOVEC __attribute__((optimize("no-tree-vectorize")))
+    #else
+    #define OFL_NOVEC
+    #endif
+    static OFL_NOVEC void ofl_uniform16(uint64_t seed, int64_t i0, int64_t m,
+                                        uint16_t *u) {
+        int64_t i = i0, end = i0 + m, q;
+        for (; i < end && (i & 3); ++i)
+            u[i - i0] = (uint16_t)(ofl_mix(seed, (uint64_t)(i >> 2)) >> (16 * (i & 3)));
+    #if defined(__clang__)
+    #pragma clang loop vectorize(disable)
+    #endif
+        for (q = i >> 2; q < (end >> 2); ++q) {
+            uint64_t z = ofl_mix(seed, (uint64_t)q);
+            uint16_t *o = u + (4 * q - i0);
+            o[0] = (uint16_t)z; o[1] = (uint16_t)(z >> 16);
+            o[2] = (uint16_t)(z >> 32); o[3] = (uint16_t)(z >> 48);
+        }
+        if (i < ((end >> 2) << 2)) i = (end >> 2) << 2;
+        for (; i < end; ++i)
+            u[i - i0] = (uint16_t)(ofl_mix(seed, (uint64_t)(i >> 2)) >> (16 * (i & 3)));
+    }
+
     static inline int ofl_ctz(uint32_t m) {
     #if defined(__GNUC__)
         return __builtin_ctz(m);
@@ -112,6 +141,7 @@ cdef extern from *:
     float ofl_float_of(uint32_t u) noexcept nogil
     double ofl_double_of(uint64_t u) noexcept nogil
     uint64_t ofl_mix(uint64_t seed, uint64_t i) noexcept nogil
+    void ofl_uniform16(uint64_t seed, int64_t i0, int64_t m, uint16_t *u) noexcept nogil
     int ofl_ctz(uint32_t m) noexcept nogil
     uint32_t ofl_mask16_ge(const int32_t *keys, int32_t t0) noexcept nogil
     void ofl_prefetch_r(const void *p) noexcept nogil
@@ -912,33 +942,6 @@ cdef real _chunk_amax(const real *x, Py_ssize_t m, bint *bad) noexcept nogil:
         return ofl_double_of(<uint64_t>b64)
 
 
-cdef void _uniform16(uint64_t seed, Py_ssize_t i0, Py_ssize_t m,
-                     uint16_t *u) noexcept nogil:
-    """Element i's 16-bit uniform: bits 16*(i % 4) up of splitmix64 draw i // 4.
-
-    One 64-bit finalizer feeds four elements.  Scalar 64-bit multiplies are
-    single instructions on x86-64 and aarch64; the 32-bit MurmurHash3 finalizer
-    used before needed two multiplies per two elements, which SSE2 (no
-    ``pmulld``) emulates with shuffles, and ran at 0.29x copy against 0.5x for
-    round-to-nearest.
-    """
-    cdef Py_ssize_t i = i0, end = i0 + m, q
-    cdef uint64_t z
-    while i < end and i & 3:
-        u[i - i0] = <uint16_t>(ofl_mix(seed, <uint64_t>(i >> 2)) >> (16 * (i & 3)))
-        i += 1
-    for q in range(i >> 2, end >> 2):
-        z = ofl_mix(seed, <uint64_t>q)
-        u[4 * q - i0] = <uint16_t>z
-        u[4 * q + 1 - i0] = <uint16_t>(z >> 16)
-        u[4 * q + 2 - i0] = <uint16_t>(z >> 32)
-        u[4 * q + 3 - i0] = <uint16_t>(z >> 48)
-    i = i if i > ((end >> 2) << 2) else ((end >> 2) << 2)
-    while i < end:
-        u[i - i0] = <uint16_t>(ofl_mix(seed, <uint64_t>(i >> 2)) >> (16 * (i & 3)))
-        i += 1
-
-
 cdef void _codes_f32(const float *x, Py_ssize_t m, float amax, int bits,
                      const uint16_t *u, uint8_t *codes) noexcept nogil:
     """Codes of one float32 chunk in float32 arithmetic.
@@ -1071,7 +1074,7 @@ cdef bint _quantize(real *r, const real *g, bint ef, Py_ssize_t n, int bits,
             return True
         amax_out[ci] = amax
         if stochastic:
-            _uniform16(seed, c0, m, u)
+            ofl_uniform16(seed, c0, m, u)
         if real is float:
             _codes_f32(x, m, amax, bits, u if stochastic else NULL, codes + c0)
         else:
