@@ -258,7 +258,8 @@ class DemoAgent:
                 # No answer (the neighbour is down or slow): keep it, try later.
                 self.next_relay_wall = time.time() + 1.0
                 return
-            # The neighbour holds it durably now: only then drop our copy.
+            # The neighbour holds it durably now: only then drop our copy (the
+            # outbox counts it as acked; the event log says by whom).
             self.outbox.ack(entry.round, entry.seq)
             self.events.write(
                 "handed",
