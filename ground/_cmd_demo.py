@@ -61,7 +61,9 @@ def main(args: argparse.Namespace) -> int:
     from ground._report import summary_table, write_report
 
     options = DemoOptions(
-        out=args.out,
+        # Absolute, because the daemon and agents resolve the paths in their
+        # generated configs against each config file's own directory.
+        out=args.out.expanduser().resolve(),
         agents=args.agents,
         strategy=args.strategy,
         compare=args.compare,

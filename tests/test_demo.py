@@ -21,7 +21,7 @@ def _demo(args: list[str], **kwargs) -> subprocess.Popen:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen(
         [sys.executable, "-m", "ground", "demo", *args],
-        cwd=REPO,
+        cwd=kwargs.pop("cwd", REPO),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -42,7 +42,11 @@ def _finish(proc: subprocess.Popen, timeout_s: float) -> tuple[int, str, str]:
 
 @pytest.mark.timeout(150)
 def test_short_demo_learns_and_loses_no_update(tmp_path):
-    code, out, err = _finish(_demo(["--out", str(tmp_path), *SHORT]), 140)
+    # A relative --out, as a user types it (the generated configs once
+    # resolved it twice, against their own directory).
+    code, out, err = _finish(
+        _demo(["--out", tmp_path.name, *SHORT], cwd=tmp_path.parent), 140
+    )
     assert code == 0, err[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     run = report["run"]
