@@ -261,6 +261,7 @@ class DemoAgent:
             # The neighbour holds it durably now: only then drop our copy (the
             # outbox counts it as acked; the event log says by whom).
             self.outbox.ack(entry.round, entry.seq)
+            self.planner.book(choice)
             self.events.write(
                 "handed",
                 round=entry.round,

@@ -41,7 +41,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from agent import _wire as W
-from agent._cgr import ContactPlan, earliest_arrival
+from agent._cgr import CgrRoute, ContactPlan, earliest_arrival
 from agent._outbox import Outbox
 from agent._transport import DealerTransport
 
@@ -62,6 +62,7 @@ class RelayChoice:
     station: str
     arrival_s: float
     direct_arrival_s: float | None
+    route: CgrRoute
 
 
 class RelayPlanner:
@@ -106,7 +107,20 @@ class RelayPlanner:
             best.destination,
             best.arrival_s,
             None if own is None else own.arrival_s,
+            best,
         )
+
+    def book(self, choice: RelayChoice) -> None:
+        """Reserve the handed update's bytes on the ISL and the neighbour's pass.
+
+        The booking lives in this agent's copy of the plan only: agents do
+        not share bookings, which costs nothing while updates are kilobytes
+        and a pass carries megabytes.
+        """
+        try:
+            self.plan.book(choice.route)
+        except ValueError as exc:
+            logger.info("%s: relay route no longer fits: %s", self.id, exc)
 
 
 def origin_of(frame: bytes) -> Origin:

@@ -50,6 +50,12 @@ def test_planner_relays_while_the_link_is_up_to_a_neighbour_that_lands_sooner():
     assert choice.direct_arrival_s == pytest.approx(10_000 + 2_000 / RATE_B_S)
     # The link is down after 1,000 s: hold (its own pass is the only route).
     assert planner.choose(1_500.0, 2_000) is None
+    # Booked: B's pass (600 s at 1 MB/s, 600 MB) carries one 400 MB bundle,
+    # not two; A then holds the second for its own pass.
+    big = planner.choose(500.0, 400_000_000)
+    planner.book(big)
+    assert planner.choose(500.0, 400_000_000) is None
+    assert planner.choose(500.0, 100_000_000).neighbour == "B"
 
 
 def test_planner_holds_when_the_gain_is_small_or_its_own_pass_is_first():
