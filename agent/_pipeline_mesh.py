@@ -17,7 +17,8 @@ to the next stage node of the plan (the ground's node after the last stage),
 again through its own next hop.
 
 A neighbour that takes nothing for ``send_timeout_s`` (neighbour sockets
-queue only on a live connection) has its link marked down in the row, the
+queue only on a live connection; ``first_contact_timeout_s`` until a first
+message got through) has its link marked down in the row, the
 row is recomputed on board (``RoutingTable.mark_link_down``) and the message
 goes to the new next hop.  The link stays down until a new row is loaded,
 and the node's other traffic waits while a send times out.
@@ -62,6 +63,7 @@ MAX_TTL = 255
 MAX_HEADER_BYTES = 1024
 MAX_NODE_ID_LEN = 256
 DEFAULT_SEND_TIMEOUT_S = 5.0
+DEFAULT_FIRST_CONTACT_TIMEOUT_S = 10.0
 SERVE_SLICE_S = 0.25
 
 # drop reasons, the keys of MeshStats.dropped
@@ -192,12 +194,15 @@ class MeshPort:
         context: zmq.Context | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
+        first_contact_timeout_s: float = DEFAULT_FIRST_CONTACT_TIMEOUT_S,
         clock_s: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
         self.node_id = table.own_id
         self.max_message_bytes = max_message_bytes
         self.send_timeout_s = send_timeout_s
+        self.first_contact_timeout_s = max(first_contact_timeout_s, send_timeout_s)
+        self._reached: set[str] = set()
         self._clock_s = clock_s
         self._ctx = context or zmq.Context.instance()
         self._pull = self._ctx.socket(zmq.PULL)
@@ -232,10 +237,14 @@ class MeshPort:
             sock = self._ctx.socket(zmq.PUSH)
             # a final stop drains to the neighbour on close.  IMMEDIATE: queue
             # only on a live connection, so a send to a dead neighbour blocks
-            # for send_timeout_s and fails instead of filling a queue
+            # and fails instead of filling a queue.  Until a first message got
+            # through, the wait is first_contact_timeout_s: a connection still
+            # being set up (a slow handshake on a loaded computer) must not
+            # get its link marked down
             sock.setsockopt(zmq.LINGER, 2000)
             sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.SNDTIMEO, int(self.send_timeout_s * 1000))
+            sock.setsockopt(zmq.SNDTIMEO, int(self.first_contact_timeout_s * 1000))
+            self._reached.discard(node)
             try:
                 sock.connect(endpoint)
             except zmq.ZMQError as exc:
@@ -310,12 +319,17 @@ class MeshPort:
             reason, busy = self._try_next_hop(header, payload, ttl_out)
             if busy is None:
                 return reason
+            waited_s = (
+                self.send_timeout_s
+                if busy in self._reached
+                else self.first_contact_timeout_s
+            )
             changed = self.table.mark_link_down(self.node_id, busy)
             self.stats.links_down.append(busy)
             log.warning(
                 "%s marked its link to %s down after %s s without progress; "
                 "row recomputed, %d destinations changed next hop",
-                self.node_id, busy, self.send_timeout_s, changed,
+                self.node_id, busy, waited_s, changed,
             )  # fmt: skip
 
     def _try_next_hop(
@@ -354,6 +368,9 @@ class MeshPort:
             sock.send_multipart([out.encode(), payload], copy=False)
         except zmq.Again:
             return None, entry.next_hop
+        if entry.next_hop not in self._reached:
+            self._reached.add(entry.next_hop)
+            sock.setsockopt(zmq.SNDTIMEO, int(self.send_timeout_s * 1000))
         return None, None
 
     def _drop(self, header: RouteHeader | None, reason: str, detail: str) -> str:

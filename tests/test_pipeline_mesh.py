@@ -301,6 +301,14 @@ def test_stage_routes_around_a_relay_that_died(mesh_pipeline):
 # -- in process ---------------------------------------------------------------
 
 
+@pytest.fixture
+def zctx():
+    """A ZeroMQ context whose sockets are closed even when a test fails."""
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
 def line_mesh(*names: str) -> SpaceMesh:
     mesh = SpaceMesh()
     for name in names:
@@ -327,12 +335,11 @@ def pump(workers, client, timeout_s=RECV_TIMEOUT_S):
     raise AssertionError("nothing reached the client")
 
 
-def test_in_process_chain_with_two_relays_matches_the_model(tmp_path):
+def test_in_process_chain_with_two_relays_matches_the_model(tmp_path, zctx):
     spec, weights = example_mlp()
     model = load_model(save_model(tmp_path / "m.json", spec, weights))
     rows = rows_of(line_mesh("g", "a", "r1", "r2", "b"), time.time() + 60)
-    ctx = zmq.Context()
-    ports = {n: MeshPort(rows[n], context=ctx) for n in rows}
+    ports = {n: MeshPort(rows[n], context=zctx) for n in rows}
     for port in ports.values():
         port.connect({m: ports[m].endpoint for m in port.neighbour_ids()})
     half = len(model) // 2
@@ -361,33 +368,34 @@ def test_in_process_chain_with_two_relays_matches_the_model(tmp_path):
             w.step(0.001)
     assert ports["r2"].stats.dropped == {"ttl-expired": 1}
     assert ports["r1"].stats.dropped == {}
-    for port in ports.values():
-        port.close()
-    ctx.term()
 
 
-def test_a_dead_neighbour_is_marked_down_and_the_batch_rerouted(caplog):
-    # g - a - r - b (1 ms links) and a - c - b (5 ms): r is the next hop
+def test_a_dead_neighbour_is_marked_down_and_the_batch_rerouted(caplog, zctx):
+    # g - a - r - b (1 ms links) and a - c - b (5 ms): r is a's next hop to b
     mesh = line_mesh("g", "a", "r", "b")
     mesh.add_node(MeshNode("c"))
     mesh.add_link("a", "c", 1000.0, 5.0)
     mesh.add_link("c", "b", 1000.0, 5.0)
     rows = rows_of(mesh, time.time() + 60)
     assert rows["a"].next_hop_for("b") == "r"
-    ctx = zmq.Context()
-    ports = {n: MeshPort(rows[n], context=ctx, send_timeout_s=0.2) for n in "gacb"}
-    dead = ctx.socket(zmq.PULL)  # r's inbox: bound, then gone
-    dead.bind("tcp://127.0.0.1:*")
-    r_endpoint = dead.getsockopt_string(zmq.LAST_ENDPOINT)
-    dead.close(linger=0)
+    ports = {n: MeshPort(rows[n], context=zctx, send_timeout_s=0.2) for n in "gacb"}
+    r_inbox = zctx.socket(zmq.PULL)  # r: alive for one message, then gone
+    r_inbox.bind("tcp://127.0.0.1:*")
+    r_endpoint = r_inbox.getsockopt_string(zmq.LAST_ENDPOINT)
     for port in ports.values():
         port.connect(
             {m: r_endpoint if m == "r" else ports[m].endpoint
              for m in port.neighbour_ids()}
         )  # fmt: skip
+    assert ports["a"].send("b", 1, b"first") is None
+    assert r_inbox.poll(int(RECV_TIMEOUT_S * 1000))
+    assert r_inbox.recv_multipart()[1] == b"first"
+    r_inbox.close(linger=0)
+    time.sleep(0.2)  # let a's socket see the connection close
+
     relays = [MeshStageWorker(ports[n], None, None) for n in "ac"]
     with caplog.at_level(logging.WARNING, logger="agent._pipeline_mesh"):
-        assert ports["g"].send("b", 1, b"payload") is None
+        assert ports["g"].send("b", 2, b"second") is None
         deadline = time.monotonic() + RECV_TIMEOUT_S
         item = None
         while item is None and time.monotonic() < deadline:
@@ -395,25 +403,21 @@ def test_a_dead_neighbour_is_marked_down_and_the_batch_rerouted(caplog):
                 w.step(0.001)
             if ports["b"].poll(0.001):
                 item = ports["b"].handle_one()
-    assert item is not None
+    assert item is not None, [p.stats for p in ports.values()]
     header, payload = item
-    assert (header.src, header.seq, payload) == ("g", 1, b"payload")
+    assert (header.src, header.seq, payload) == ("g", 2, b"second")
     assert header.ttl == 16 - 2  # relayed by a and c
     assert ports["a"].stats.links_down == ["r"]
     assert ports["a"].stats.relayed == 1 and not ports["a"].stats.dropped
     assert rows["a"].next_hop_for("b") == "c"
     assert "a marked its link to r down after 0.2 s" in caplog.text
     assert "links down to r" in ports["a"].stats.summary()
-    for port in ports.values():
-        port.close()
-    ctx.term()
 
 
-def test_expired_route_missing_endpoint_and_stranger_neighbours(caplog):
+def test_expired_route_missing_endpoint_and_stranger_neighbours(caplog, zctx):
     now = [1000.0]
     rows = rows_of(line_mesh("g", "a", "b"), expires_s=2000.0)
-    ctx = zmq.Context()
-    port = MeshPort(rows["g"], context=ctx, clock_s=lambda: now[0])
+    port = MeshPort(rows["g"], context=zctx, clock_s=lambda: now[0])
     with pytest.raises(ValueError, match=r"\['b'\] are not ISL neighbours of 'g'"):
         port.connect({"b": "tcp://127.0.0.1:1"})
     with pytest.raises(ValueError, match="endpoint 'nowhere' of neighbour 'a'"):
@@ -437,8 +441,6 @@ def test_expired_route_missing_endpoint_and_stranger_neighbours(caplog):
         "unknown-destination": 1,
     }
     assert port.stats.sent == 0
-    port.close()
-    ctx.term()
 
 
 def test_route_header_refuses_oversized_and_malformed_frames():
