@@ -955,7 +955,7 @@ cdef void _codes_f32(const float *x, Py_ssize_t m, float amax, int bits,
     cdef float lv = <float>(half - 1), ftop = <float>top, one = 1
     cdef float inv = <float>1.0 / amax if amax > 0 else <float>0.0
     cdef float lim = amax * <float>(1.0 / 67108864.0)
-    cdef float xf, ax, t, off = <float>half + <float>0.5
+    cdef float xf, ax, t, off = <float>half + <float>0.5, hm1 = <float>(half - 1)
     cdef Py_ssize_t j
     lim = lim if lim > F32_MIN_NORMAL else F32_MIN_NORMAL
     if u == NULL:
@@ -970,7 +970,12 @@ cdef void _codes_f32(const float *x, Py_ssize_t m, float amax, int bits,
         for j in range(m):
             ax = x[j] if x[j] >= 0 else -x[j]
             xf = x[j] if ax >= lim else 0
-            t = (xf * inv) * lv + (<float>half + <float>u[j] * <float>(1.0 / 65536.0))
+            # half + u / 2**16, built from bits: 1 + u / 2**16 is the float
+            # 0x3F800000 | u << 7, and adding half - 1 to it is exact, so t
+            # equals the twin's (xf * inv) * lv + (half + u * 2**-16) bit for bit
+            # while skipping an int-to-float conversion and a multiply.
+            t = (xf * inv) * lv + (
+                ofl_float_of(<uint32_t>0x3F800000 | (<uint32_t>u[j] << 7)) + hm1)
             t = t if t > one else one
             t = t if t < ftop else ftop
             codes[j] = <uint8_t><int32_t>t
