@@ -369,6 +369,15 @@ def test_in_process_chain_with_two_relays_matches_the_model(tmp_path, zctx):
     assert ports["r2"].stats.dropped == {"ttl-expired": 1}
     assert ports["r1"].stats.dropped == {}
 
+    # a batch addressed to a relay has no layers to run there
+    assert ports["g"].send("r1", 9, encode_batch(9, x)) is None
+    for _ in range(200):
+        for w in workers:
+            w.step(0.001)
+        if ports["r1"].stats.dropped:
+            break
+    assert ports["r1"].stats.dropped == {"no-stage": 1}
+
 
 def test_a_dead_neighbour_is_marked_down_and_the_batch_rerouted(caplog, zctx):
     # g - a - r - b (1 ms links) and a - c - b (5 ms): r is a's next hop to b
