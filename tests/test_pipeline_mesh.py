@@ -335,6 +335,13 @@ def pump(workers, client, timeout_s=RECV_TIMEOUT_S):
     raise AssertionError("nothing reached the client")
 
 
+def step_until(workers, done, timeout_s=RECV_TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        for w in workers:
+            w.step(0.001)
+
+
 def test_in_process_chain_with_two_relays_matches_the_model(tmp_path, zctx):
     spec, weights = example_mlp()
     model = load_model(save_model(tmp_path / "m.json", spec, weights))
@@ -363,19 +370,13 @@ def test_in_process_chain_with_two_relays_matches_the_model(tmp_path, zctx):
     # with a ttl of 1 the batch a -> b dies at the second relay, not earlier
     workers[0].ttl = 1
     client.submit(8, x)
-    for _ in range(200):
-        for w in workers:
-            w.step(0.001)
+    step_until(workers, lambda: ports["r2"].stats.dropped)
     assert ports["r2"].stats.dropped == {"ttl-expired": 1}
     assert ports["r1"].stats.dropped == {}
 
     # a batch addressed to a relay has no layers to run there
     assert ports["g"].send("r1", 9, encode_batch(9, x)) is None
-    for _ in range(200):
-        for w in workers:
-            w.step(0.001)
-        if ports["r1"].stats.dropped:
-            break
+    step_until(workers, lambda: ports["r1"].stats.dropped)
     assert ports["r1"].stats.dropped == {"no-stage": 1}
 
 
