@@ -32,6 +32,10 @@ How windows are found
    Hermite interpolation of the coarse ECEF samples (position and velocity at
    each end), about 0.1 km off for LEO at the default step; that error is
    negligible beside the rate table's dB steps.
+6. A station with ``refraction=True`` applies its mask to the apparent
+   elevation: ``f`` then uses the geometric mask ``m - R(m)`` (exact for
+   Bennett's formula, see :mod:`agent._stations`), so crossings are refined
+   exactly as above, and the maximum elevation is reported as apparent.
 
 Only numpy and sgp4 are imported: this module also runs on the flight computer.
 """
@@ -50,7 +54,7 @@ from agent._orbit import (
     propagate_teme,
     teme_to_ecef_state_km,
 )
-from agent._stations import rate_fraction
+from agent._stations import apparent_elevation_deg, rate_fraction
 
 STEPS_PER_REVOLUTION = 24
 MAX_STEP_S = 900.0
@@ -94,7 +98,13 @@ class _Finder:
         self.site_norm = np.linalg.norm(self.site, axis=1)
         self.site_unit = self.site / self.site_norm[:, None]
         self.has_mask = np.array([s.has_mask for s in stations])
-        self.sin_floor = np.sin(np.radians([s.min_elevation_deg for s in stations]))
+        # the floor without a horizon mask: the geometric elevation of an
+        # apparent min_elevation_deg when the station models refraction
+        floor_deg = [
+            s.min_elevation_deg if s.has_mask else float(s.geometric_mask_deg(0.0))
+            for s in stations
+        ]
+        self.sin_floor = np.sin(np.radians(floor_deg))
 
     # -- evaluation -----------------------------------------------------------
 
@@ -159,8 +169,8 @@ class _Finder:
             if not sel.any():
                 continue
             station = self.stations[j]
-            mask_rad = np.radians(station.mask_deg(az_deg[sel]))
-            slope = station.mask_slope(az_deg[sel])
+            mask_rad = np.radians(station.geometric_mask_deg(az_deg[sel]))
+            slope = station.geometric_mask_slope(az_deg[sel])
             f[sel] = z[sel] - np.sin(mask_rad)
             f_dot[sel] = z_dot[sel] - np.cos(mask_rad) * slope * az_rate[sel]
         return f, f_dot
@@ -314,7 +324,7 @@ class _Finder:
             f_last.append(f[:, -1])
             cos_gamma = r_unit @ self.site_unit[j]
             gamma = np.arccos(np.clip(cos_gamma, -1.0, 1.0))
-            m = math.radians(station.lowest_mask_deg - _SCREEN_MARGIN_DEG)
+            m = math.radians(station.lowest_geometric_mask_deg - _SCREEN_MARGIN_DEG)
             cone = (
                 np.arccos(np.clip(self.site_norm[j] / r_max_km * math.cos(m), -1, 1))
                 - m
@@ -488,7 +498,14 @@ class _Finder:
         up = np.array([s.uplink_mbps for s in self.stations])[sta]
         down_mb = (effective_s * down / 8.0).tolist()
         up_mb = (effective_s * up / 8.0).tolist()
-        el = np.degrees(np.arcsin(np.clip(w["tca_z"], -1.0, 1.0))).tolist()
+        el = np.degrees(np.arcsin(np.clip(w["tca_z"], -1.0, 1.0)))
+        for j in np.flatnonzero([s.refraction for s in self.stations]):
+            on = sta == j
+            station = self.stations[j]
+            el[on] = apparent_elevation_deg(
+                el[on], station.temperature_c, station.pressure_mbar
+            )
+        el = el.tolist()
 
         flags = np.where(w["start"] <= 0.0, int(WindowFlag.START_CLIPPED), 0)
         flags |= np.where(w["end"] >= self.span_s, int(WindowFlag.END_CLIPPED), 0)

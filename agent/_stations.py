@@ -11,6 +11,21 @@ models that as a step table of rate fraction against extra path loss, spaced
 like the DVB-S2 MODCOD ladder (roughly 2-3 dB of Es/N0 per halving of
 spectral efficiency near the bottom of the ladder).  The capacity of a pass is
 the time integral of that rate; 1 MB is 1e6 bytes and 1 Mbps is 1e6 bit/s.
+
+Refraction
+----------
+Elevations are geometric unless a station has ``refraction=True``.  Then its
+mask applies to the *apparent* elevation, which the atmosphere lifts by
+Bennett's refraction (G. G. Bennett, "The calculation of astronomical
+refraction in marine navigation", J. Navigation 35, 1982):
+``R = 1 / tan(h + 7.31 / (h + 4.4))`` arcminutes at apparent elevation ``h``
+degrees, scaled by ``0.28 P / (T + 273)`` for pressure ``P`` mbar and
+temperature ``T`` deg C (Meeus, Astronomical Algorithms, ch. 16), and taken
+as zero below -1 deg and above 89.9 deg -- the convention of skyfield's
+``earthlib.refraction``, whose defaults, 10 C and 1010 mbar, are used here.
+Because Bennett's formula takes the apparent elevation, the geometric
+elevation at which a satellite meets an apparent mask ``m`` is exactly
+``m - R(m)``: the window search simply uses that lower geometric mask.
 """
 
 import math
@@ -35,6 +50,57 @@ ACM_STEPS: tuple[tuple[float, float], ...] = (
 _ACM_LOSS_DB = np.array([s[0] for s in ACM_STEPS[:-1]])
 _ACM_FRACTION = np.array([s[1] for s in ACM_STEPS])
 
+REFRACTION_TEMPERATURE_C = 10.0
+REFRACTION_PRESSURE_MBAR = 1010.0
+
+
+def refraction_deg(
+    apparent_elevation_deg: np.ndarray,
+    temperature_c: float = REFRACTION_TEMPERATURE_C,
+    pressure_mbar: float = REFRACTION_PRESSURE_MBAR,
+) -> np.ndarray:
+    """Bennett's (1982) refraction, in degrees, at an apparent elevation.
+
+    Zero outside [-1, 89.9] deg, as in skyfield: the formula is not meant for
+    objects well below the horizon, and near the zenith refraction vanishes.
+    """
+    h = np.asarray(apparent_elevation_deg, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r_arcmin = 1.0 / np.tan(np.radians(h + 7.31 / (h + 4.4)))
+    scale = 0.28 * pressure_mbar / (temperature_c + 273.0)
+    return np.where((h >= -1.0) & (h <= 89.9), r_arcmin / 60.0 * scale, 0.0)
+
+
+def _refraction_slope(
+    apparent_elevation_deg: np.ndarray, temperature_c: float, pressure_mbar: float
+) -> np.ndarray:
+    """d(refraction_deg)/d(apparent elevation), degrees per degree."""
+    h = np.asarray(apparent_elevation_deg, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.radians(h + 7.31 / (h + 4.4))
+        dx_dh = np.radians(1.0 - 7.31 / (h + 4.4) ** 2)
+        d_arcmin = -dx_dh / np.sin(x) ** 2
+    scale = 0.28 * pressure_mbar / (temperature_c + 273.0)
+    return np.where((h >= -1.0) & (h <= 89.9), d_arcmin / 60.0 * scale, 0.0)
+
+
+def apparent_elevation_deg(
+    geometric_elevation_deg: np.ndarray,
+    temperature_c: float = REFRACTION_TEMPERATURE_C,
+    pressure_mbar: float = REFRACTION_PRESSURE_MBAR,
+) -> np.ndarray:
+    """Where a satellite at a geometric elevation appears: ``h + R(apparent)``.
+
+    Fixed-point iteration (Bennett's formula takes the apparent elevation);
+    the step shrinks by |dR/dh| < 0.2 each time, so eight steps reach far
+    below a micro-degree.
+    """
+    h0 = np.asarray(geometric_elevation_deg, dtype=np.float64)
+    h = h0
+    for _ in range(8):
+        h = h0 + refraction_deg(h, temperature_c, pressure_mbar)
+    return h
+
 
 def rate_fraction(range_km: np.ndarray, zenith_range_km: np.ndarray) -> np.ndarray:
     """Fraction of the zenith data rate at a slant range (see :data:`ACM_STEPS`)."""
@@ -50,7 +116,9 @@ class GroundStation:
     ``horizon_mask`` is a sequence of ``(azimuth_deg, elevation_deg)`` points,
     interpolated linearly in azimuth (wrapping at 360); the effective mask at an
     azimuth is the larger of that and ``min_elevation_deg``.  ``antennas`` is
-    how many satellites the station can serve at once.
+    how many satellites the station can serve at once.  With ``refraction``
+    the mask applies to the apparent elevation (see the module docstring),
+    for ``temperature_c`` and ``pressure_mbar`` at the station.
     """
 
     name: str
@@ -60,6 +128,9 @@ class GroundStation:
     min_elevation_deg: float = 5.0
     horizon_mask: tuple[tuple[float, float], ...] | None = None
     antennas: int = 1
+    refraction: bool = False
+    temperature_c: float = REFRACTION_TEMPERATURE_C
+    pressure_mbar: float = REFRACTION_PRESSURE_MBAR
     _mask_az_deg: np.ndarray | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -87,6 +158,13 @@ class GroundStation:
             problems.append(f"min_elevation_deg={el!r} must be in [-10, 90)")
         if not isinstance(self.antennas, int) or self.antennas < 1:
             problems.append(f"antennas={self.antennas!r} must be an integer >= 1")
+        if not isinstance(self.refraction, bool):
+            problems.append(f"refraction={self.refraction!r} must be True or False")
+        t_c, p_mbar = self.temperature_c, self.pressure_mbar
+        if not isinstance(t_c, int | float) or not -90.0 <= t_c <= 60.0:
+            problems.append(f"temperature_c={t_c!r} must be in [-90, 60] deg C")
+        if not isinstance(p_mbar, int | float) or not 0.0 <= p_mbar <= 1100.0:
+            problems.append(f"pressure_mbar={p_mbar!r} must be in [0, 1100] mbar")
         if self.horizon_mask is not None:
             try:
                 mask = tuple(tuple(map(float, p)) for p in self.horizon_mask)
@@ -152,6 +230,42 @@ class GroundStation:
             np.interp(az, self._mask_az_deg, self._mask_el_deg) > self.min_elevation_deg
         )
         return np.where(above, slope[i], 0.0)
+
+    def geometric_mask_deg(self, azimuth_deg: np.ndarray) -> np.ndarray:
+        """The geometric elevation at which the (apparent) mask is met."""
+        mask = self.mask_deg(azimuth_deg)
+        if not self.refraction:
+            return mask
+        return mask - refraction_deg(mask, self.temperature_c, self.pressure_mbar)
+
+    def geometric_mask_slope(self, azimuth_deg: np.ndarray) -> np.ndarray:
+        """d(geometric_mask_deg)/d(azimuth), degrees per degree."""
+        slope = self.mask_slope(azimuth_deg)
+        if not self.refraction:
+            return slope
+        mask = self.mask_deg(azimuth_deg)
+        return slope * (
+            1.0 - _refraction_slope(mask, self.temperature_c, self.pressure_mbar)
+        )
+
+    @property
+    def lowest_geometric_mask_deg(self) -> float:
+        """The lowest geometric elevation at which the station can see a satellite.
+
+        ``m - R(m)`` rises with ``m`` (|dR/dm| < 1) except for the jump where
+        refraction is cut off at -1 deg, so the lowest mask, and just above
+        -1 deg when the mask spans it, bound it from below.
+        """
+        low = self.lowest_mask_deg
+        if not self.refraction:
+            return low
+        candidates = [low] + ([-1.0] if low <= -1.0 else [])
+        return float(
+            min(
+                c - refraction_deg(c, self.temperature_c, self.pressure_mbar)
+                for c in candidates
+            )
+        )
 
     def ecef_km(self) -> np.ndarray:
         return self.position.ecef_km()
