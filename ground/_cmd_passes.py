@@ -40,10 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--downlink-mbps", type=float, default=100.0)
     parser.add_argument("--uplink-mbps", type=float, default=20.0)
+    parser.add_argument(
+        "--refraction",
+        action="store_true",
+        help="apply the minimum elevation to the apparent elevation (Bennett "
+        "refraction at 10 C, 1010 mbar); default: geometric elevation",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def parse_station(spec: str, downlink_mbps: float, uplink_mbps: float) -> GroundStation:
+def parse_station(
+    spec: str, downlink_mbps: float, uplink_mbps: float, refraction: bool = False
+) -> GroundStation:
     parts = [p.strip() for p in spec.split(",")]
     if len(parts) not in (4, 5) or not parts[0]:
         raise CommandError(
@@ -59,7 +67,14 @@ def parse_station(spec: str, downlink_mbps: float, uplink_mbps: float) -> Ground
     try:
         position = Position(numbers[0], numbers[1], numbers[2])
         extra = {"min_elevation_deg": numbers[3]} if len(numbers) == 4 else {}
-        return GroundStation(parts[0], position, uplink_mbps, downlink_mbps, **extra)
+        return GroundStation(
+            parts[0],
+            position,
+            uplink_mbps,
+            downlink_mbps,
+            refraction=refraction,
+            **extra,
+        )
     except ValueError as exc:
         raise CommandError(f"--station {spec!r}: {exc}") from None
 
@@ -90,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.hours > 0:
         raise CommandError(f"--hours {args.hours} must be positive")
     stations = [
-        parse_station(s, args.downlink_mbps, args.uplink_mbps) for s in args.station
+        parse_station(s, args.downlink_mbps, args.uplink_mbps, args.refraction)
+        for s in args.station
     ]
     start = parse_start(args.start)
     try:
@@ -119,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         doc = {
             "start": start.isoformat(),
             "hours": args.hours,
+            "refraction": args.refraction,
             "windows": [w.to_dict() for w in search.windows],
             "failed": [
                 {

@@ -393,3 +393,39 @@ def test_passes_cli_stops_quietly_when_the_reader_goes_away(tle_dir):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_passes_cli_refraction_matches_the_library(tle_dir):
+    path = tle_dir / "noaa_2022-02.txt"
+    args = (
+        "--tle", str(path), "--station", "KSC,28.5729,-80.6490,0.0,0",
+        "--start", "2022-02-03T00:00:00Z", "--hours", "6", "--json",
+    )  # fmt: skip
+    plain = json.loads(_run_cli(*args).stdout)
+    out = _run_cli(*args, "--refraction")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["refraction"] is True and plain["refraction"] is False
+    station = GroundStation(
+        "KSC", Position(28.5729, -80.6490, 0.0), 20.0, 100.0,
+        min_elevation_deg=0.0, refraction=True,
+    )  # fmt: skip
+    scheduler = SyncScheduler([station])
+    scheduler.add_tle_file(path)
+    expected = scheduler.search(6, datetime(2022, 2, 3, tzinfo=UTC)).windows
+    assert [w["start_time"] for w in doc["windows"]] == [
+        w.start_time.isoformat() for w in expected
+    ]
+    # refraction lifts every satellite: each geometric window lies inside a
+    # refracted one, which opens earlier unless both open at the search start
+    assert len(doc["windows"]) >= len(plain["windows"]) > 0
+    opened_earlier = 0
+    for w in plain["windows"]:
+        outer = [
+            r for r in doc["windows"]
+            if r["satellite"] == w["satellite"]
+            and r["start_time"] <= w["start_time"] <= w["end_time"] <= r["end_time"]
+        ]  # fmt: skip
+        assert len(outer) == 1, w
+        opened_earlier += outer[0]["start_time"] < w["start_time"]
+    assert opened_earlier > 0
