@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -238,7 +239,9 @@ def test_arm64_agent_completes_rounds_against_the_host_daemon(arm64, tmp_path):
     assert acc.problems() == [] and outcome.model_problems == []
     trained = [line for line in log.splitlines() if "trained round" in line]
     assert len(trained) == rounds
-    stamps = [time.mktime(time.strptime(x[:19], "%Y-%m-%d %H:%M:%S")) for x in trained]
+    stamps = [
+        datetime.strptime(x[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() for x in trained
+    ]
     per_round_s = (stamps[-1] - stamps[0]) / max(1, rounds - 1)
     peak_mb = max(rss_kb) / 1024 if rss_kb else float("nan")
     summary = RunSummary("arm64 agent vs host daemon (qemu)", accounting=acc)
