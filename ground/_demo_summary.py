@@ -85,10 +85,12 @@ def summarise(
     used: set[tuple[str, str, int]] = set()
     lost_satellites = []
     for sat, events in agents.items():
+        # Lost: the process had died (non-zero exit, e.g. kill -9) before the
+        # run ended.  An agent ends by itself with 0 at the end of the
+        # simulated horizon; one still alive at the end is not lost even if it
+        # was too slow to log its stop (under load the launcher may SIGKILL it).
         code = exit_codes.get(sat)
         if code is not None and code != 0:
-            lost_satellites.append(sat)
-        elif events and events[-1]["event"] != "stop":
             lost_satellites.append(sat)
         for e in events:
             # Relayed: the event names the origin; the update keeps its id.
