@@ -200,9 +200,10 @@ class Journal:
     def begin_release(self, epoch: int, keys: dict[int, list[list]]) -> "_Pending":
         """Write what :meth:`release_files` writes; its ``commit()`` syncs, unlinks.
 
-        ``keys`` are those :meth:`take_keys` returned; logs not written by
-        this process are read back.  ``commit()`` is a few system calls and
-        touches no open log, so it may run in another thread beside
+        ``keys`` are those :meth:`take_keys` returned; every log is read back
+        too, since a round's log may hold records of an earlier process.
+        ``commit()`` is a few system calls and touches no open log, so it may
+        run in another thread beside
         :meth:`write` for a later epoch.  Keys in ``seen.log`` before the
         checkpoint that covers them are harmless: replay does not read them,
         and ``seen()`` counts the open round's log anyway.
@@ -212,10 +213,13 @@ class Journal:
         for e in self._epochs():
             if e > epoch:
                 continue
-            if e in keys:
-                flat.extend(keys[e])
-            else:
-                flat.extend([r[0], r[1], r[2]] for r in _records(self._log(e))[0])
+            # The log also holds what an earlier process (before a crash and
+            # restart in the same round) accepted: read it back, and add the
+            # keys this process wrote, so no accepted key is forgotten.
+            on_disk = [[r[0], r[1], r[2]] for r in _records(self._log(e))[0]]
+            known = {tuple(k) for k in on_disk}
+            flat.extend(on_disk)
+            flat.extend(k for k in keys.get(e, ()) if tuple(k) not in known)
         fd = None
         if flat:
             fd = os.open(self._seen_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -42,6 +42,20 @@ def test_release_keeps_the_keys_and_drops_the_bodies(tmp_path):
     assert Journal(tmp_path).seen() == {("a", 0, 1), ("b", 0, 2)}
 
 
+def test_release_keeps_keys_accepted_before_a_restart_in_the_same_round(tmp_path):
+    # Found by the hardware-in-the-loop chaos run: a daemon killed mid-round
+    # and restarted forgot, when the round closed, the keys its first life had
+    # accepted, so a late resend could be aggregated twice (FEDASYNC/FEDBUFF).
+    j = Journal(tmp_path)
+    j.append([(JournalRow("a", 3, 1, 1, 0, b"x"), 3)])
+    j.close()  # kill -9 and restart
+    j = Journal(tmp_path)
+    j.append([(JournalRow("b", 3, 2, 1, 0, b"y"), 3)])
+    j.release(3)
+    j.close()
+    assert Journal(tmp_path).seen() == {("a", 3, 1), ("b", 3, 2)}
+
+
 def test_release_files_runs_beside_writes_of_the_next_round(tmp_path):
     j = Journal(tmp_path)
     j.append([(_row("a", 1), 0)])
