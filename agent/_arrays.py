@@ -12,8 +12,10 @@ shape must be a short list of non-negative ints, and the byte length must match
 shape times item size exactly, before any allocation.
 """
 
+from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import numpy as np
 
 # dtype string (numpy .str, little-endian or byte-sized) -> numpy dtype
@@ -94,3 +96,37 @@ def unpack_array(obj: Any, *, max_elements: int | None = None) -> np.ndarray:
             len(data),
         )
     return np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+
+
+def unpack_bounded(
+    data: bytes | bytearray | memoryview,
+    make_error: Callable[[str], Exception],
+    what: str,
+    *,
+    max_bin_len: int,
+    max_str_len: int,
+    max_array_len: int,
+    max_map_len: int,
+) -> Any:
+    """Parse untrusted msgpack with every length capped; no ext types.
+
+    Any parser failure (a length over a cap, truncated input, trailing bytes,
+    invalid UTF-8, too deep nesting, reserved bytes) becomes
+    ``make_error(f"{what}: {reason}")``, so each caller raises its own error
+    class.  The wire protocol keeps its own finer classification (truncated vs
+    malformed) in ``agent._wire``.
+    """
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=max_bin_len,
+            max_str_len=max_str_len,
+            max_array_len=max_array_len,
+            max_map_len=max_map_len,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise make_error(f"{what}: {exc}") from exc

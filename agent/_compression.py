@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 
 from agent import kernels
-from agent._arrays import ArrayFormatError, pack_array, unpack_array
+from agent._arrays import ArrayFormatError, pack_array, unpack_array, unpack_bounded
 from agent._compression_config import CompressionConfig, CompressionType
 from agent._compression_update import (
     SINGLE_TENSOR_NAME,
@@ -366,12 +366,16 @@ class FederatedClient:
         data = Path(path).read_bytes()
         if len(data) > MAX_STATE_BYTES:
             raise ValueError(f"state file {path} is {len(data)} bytes; too large")
-        try:
-            state = msgpack.unpackb(
-                data, raw=False, strict_map_key=True, max_bin_len=len(data)
-            )
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
-            raise ValueError(f"state file {path} is not valid msgpack: {exc}") from exc
+        n = len(data)
+        state = unpack_bounded(
+            data,
+            ValueError,
+            f"state file {path} is not valid msgpack",
+            max_bin_len=n,
+            max_str_len=n,
+            max_array_len=n,
+            max_map_len=n,
+        )
         self.load_state_dict(state)
 
 

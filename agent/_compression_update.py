@@ -32,7 +32,7 @@ import msgpack
 import numpy as np
 
 from agent import kernels
-from agent._arrays import ArrayFormatError, pack_array, unpack_array
+from agent._arrays import ArrayFormatError, pack_array, unpack_array, unpack_bounded
 from agent._compression_config import CompressionConfig, CompressionType
 
 WIRE_FORMAT = "orbitfl.update"
@@ -235,22 +235,15 @@ class CompressedUpdate:
                 f"encoded update is {size} bytes, more than the limit of {max_bytes}",
                 size,
             )
-        try:
-            obj = msgpack.unpackb(
-                data,
-                raw=False,
-                strict_map_key=True,
-                use_list=True,
-                max_bin_len=size,
-                max_str_len=min(size, 1 << 20),
-                max_array_len=min(size, MAX_TENSORS),
-                max_map_len=min(size, 64),
-                max_ext_len=0,
-            )
-        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as exc:
-            raise UpdateFormatError(
-                f"encoded update is not valid msgpack: {exc}", size
-            ) from exc
+        obj = unpack_bounded(
+            data,
+            lambda message: UpdateFormatError(message, size),
+            "encoded update is not valid msgpack",
+            max_bin_len=size,
+            max_str_len=min(size, 1 << 20),
+            max_array_len=min(size, MAX_TENSORS),
+            max_map_len=min(size, 64),
+        )
         update = cls.from_wire(obj, max_elements=max_elements)
         update._encoded = bytes(data)
         return update

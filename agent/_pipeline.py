@@ -40,7 +40,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from agent._arrays import ArrayFormatError, pack_array, unpack_array
+from agent._arrays import ArrayFormatError, pack_array, unpack_array, unpack_bounded
 from agent._nn import Model
 
 PIPELINE_VERSION = 1
@@ -84,24 +84,15 @@ def decode_message(
         raise PipelineError(
             f"message of {len(frame)} bytes exceeds the limit of {max_message_bytes}"
         )
-    try:
-        msg = msgpack.unpackb(
-            frame,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=max_message_bytes,
-            max_str_len=_MAX_STR_LEN,
-            max_array_len=16,
-            max_map_len=8,
-            max_ext_len=0,
-        )
-    except (
-        ValueError,
-        msgpack.ExtraData,
-        msgpack.FormatError,
-        msgpack.StackError,
-    ) as exc:
-        raise PipelineError(f"message is not valid bounded msgpack: {exc}") from exc
+    msg = unpack_bounded(
+        frame,
+        PipelineError,
+        "message is not valid bounded msgpack",
+        max_bin_len=max_message_bytes,
+        max_str_len=_MAX_STR_LEN,
+        max_array_len=16,
+        max_map_len=8,
+    )
     if not isinstance(msg, dict) or msg.get("v") != PIPELINE_VERSION:
         raise PipelineError(
             f"message must be a map with v={PIPELINE_VERSION}, got "

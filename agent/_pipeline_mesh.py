@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import msgpack
 import zmq
 
+from agent._arrays import unpack_bounded
 from agent._pipeline import (
     DEFAULT_MAX_ELEMENTS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -111,24 +112,15 @@ class RouteHeader:
             raise PipelineError(
                 f"route header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}"
             )
-        try:
-            msg = msgpack.unpackb(
-                frame,
-                raw=False,
-                strict_map_key=True,
-                max_str_len=MAX_NODE_ID_LEN,
-                max_bin_len=0,
-                max_array_len=0,
-                max_map_len=8,
-                max_ext_len=0,
-            )
-        except (
-            ValueError,
-            msgpack.ExtraData,
-            msgpack.FormatError,
-            msgpack.StackError,
-        ) as exc:
-            raise PipelineError(f"route header is not valid msgpack: {exc}") from exc
+        msg = unpack_bounded(
+            frame,
+            PipelineError,
+            "route header is not valid msgpack",
+            max_str_len=MAX_NODE_ID_LEN,
+            max_bin_len=0,
+            max_array_len=0,
+            max_map_len=8,
+        )
         if (
             not isinstance(msg, dict)
             or msg.get("v") != PIPELINE_VERSION

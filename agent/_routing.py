@@ -23,7 +23,7 @@ from types import ModuleType
 import msgpack
 import numpy as np
 
-from agent._arrays import ArrayFormatError, pack_array, unpack_array
+from agent._arrays import ArrayFormatError, pack_array, unpack_array, unpack_bounded
 from agent.kernels import _sssp_twin
 from agent.kernels._select import load_compiled
 
@@ -331,18 +331,15 @@ class RoutingTable:
                 f"routing row of {len(data)} bytes exceeds the limit of {max_bytes}",
                 len(data),
             )
-        try:
-            msg = msgpack.unpackb(
-                data,
-                raw=False,
-                strict_map_key=True,
-                max_str_len=1024,
-                max_bin_len=max_bytes,
-                max_array_len=MAX_NODES,
-                max_map_len=32,
-            )
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
-            raise RoutingTableError(f"routing row is not valid msgpack: {exc}") from exc
+        msg = unpack_bounded(
+            data,
+            RoutingTableError,
+            "routing row is not valid msgpack",
+            max_str_len=1024,
+            max_bin_len=max_bytes,
+            max_array_len=MAX_NODES,
+            max_map_len=32,
+        )
         if not isinstance(msg, dict) or msg.get("kind") != _ROW_KIND:
             raise RoutingTableError(
                 f"expected a map with kind {_ROW_KIND!r}, got "
