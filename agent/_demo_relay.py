@@ -37,10 +37,9 @@ import time
 from dataclasses import dataclass
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils import z85
 
 from agent import _wire as W
+from agent._auth import Allowlist, AllowlistAuthenticator
 from agent._cgr import CgrRoute, ContactPlan, earliest_arrival
 from agent._outbox import Outbox
 from agent._transport import DealerTransport
@@ -180,23 +179,6 @@ class RelayLedger:
 ISL_ZAP_DOMAIN = "isl"
 
 
-class _IslAuthenticator(ThreadAuthenticator):
-    """ZAP for the ISL endpoint: allowlisted keys, User-Id = the key's name."""
-
-    def __init__(self, context: zmq.Context, names: dict[bytes, str]) -> None:
-        super().__init__(context, log=logging.getLogger(__name__ + ".auth"))
-        self.names = names
-
-    def callback(self, domain: str, key_z85: bytes) -> bool:
-        if key_z85 in self.names:
-            return True
-        logger.warning("ISL: refused CURVE client key %s", key_z85.decode("ascii"))
-        return False
-
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        return self.names.get(z85.encode(client_public_key), "")
-
-
 class CustodyServer:
     """The agent's ISL endpoint: takes custody of neighbours' updates.
 
@@ -228,15 +210,19 @@ class CustodyServer:
         self._stop = threading.Event()
         # A context of its own, so its ZAP handler serves this socket only.
         self._ctx = zmq.Context()
-        self._auth: _IslAuthenticator | None = None
+        self._auth: AllowlistAuthenticator | None = None
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + 4096)
         if curve is not None:
             if allowlist is not None:
-                self._auth = _IslAuthenticator(self._ctx, dict(allowlist))
+                self._auth = AllowlistAuthenticator(
+                    self._ctx, Allowlist(names=dict(allowlist)), __name__ + ".auth"
+                )
                 self._auth.start()
-                self._auth.configure_curve_callback(ISL_ZAP_DOMAIN, self._auth)
+                self._auth.configure_curve_callback(
+                    ISL_ZAP_DOMAIN, self._auth.allowlist
+                )
                 sock.zap_domain = ISL_ZAP_DOMAIN.encode()
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = curve

@@ -37,16 +37,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils import z85
 
 from agent import _wire as wire
+from agent._auth import Allowlist, AllowlistAuthenticator
 from agent._clock import SimClock
-from agent._keys import load_allowlist_checked, load_secret
+from agent._keys import load_secret
 from agent._transport import apply_options
 from ground import GradientAggregator, UpdateRejected
 from ground._config import GroundConfig
@@ -72,71 +70,6 @@ _CLOSE_POLL_S = 0.002  # poll period while a checkpoint is being written
 # just over the cap reaches the decoder and is refused with a counted reason
 # and a NACK; anything larger is cut off by libzmq with the connection.
 _ZMQ_SLACK_BYTES = 4096
-
-
-class _Allowlist:
-    """ZAP credentials callback: the allowlist directory, re-read when it changes."""
-
-    def __init__(self, directory: Path, metrics: DaemonMetrics) -> None:
-        self.directory = directory
-        self.metrics = metrics
-        self._mtime_ns: int | None = None
-        self._names: dict[bytes, str] = {}
-        self._warned: set[bytes] = set()
-        self._lock = threading.Lock()
-        self._reload()
-
-    def _reload(self) -> None:
-        try:
-            mtime = self.directory.stat().st_mtime_ns
-        except FileNotFoundError:
-            mtime = -1
-        if mtime == self._mtime_ns:
-            return
-        names, problems = load_allowlist_checked(self.directory)
-        for p in problems:
-            log.warning("allowlist: %s", p)
-        self._names, self._mtime_ns = names, mtime
-        log.info("allowlist %s: %d agent key(s)", self.directory, len(names))
-
-    def callback(self, domain: str, key_z85: bytes) -> bool:
-        with self._lock:
-            self._reload()
-            if key_z85 in self._names:
-                return True
-            self.metrics.auth_refused.inc()
-            # Refused agents retry every reconnect interval: warn once per key.
-            level = logging.DEBUG if key_z85 in self._warned else logging.WARNING
-            self._warned.add(key_z85)
-        log.log(
-            level,
-            "refused CURVE client key %s on ZAP domain %r: not in allowlist %s",
-            key_z85.decode("ascii", "replace"),
-            domain,
-            self.directory,
-        )
-        return False
-
-    def name_of(self, key_z85: bytes) -> str:
-        with self._lock:
-            return self._names.get(key_z85, "")
-
-    def names(self) -> set[str]:
-        """The agent ids of the allowlisted keys."""
-        with self._lock:
-            self._reload()
-            return set(self._names.values())
-
-
-class _Authenticator(ThreadAuthenticator):
-    """ZAP handler whose User-Id is the agent id the key file is named after."""
-
-    def __init__(self, context: zmq.Context, allowlist: _Allowlist) -> None:
-        super().__init__(context, log=logging.getLogger("ground.auth"))
-        self.allowlist = allowlist
-
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        return self.allowlist.name_of(z85.encode(client_public_key))
 
 
 def initial_model(config: GroundConfig) -> dict[str, np.ndarray]:
@@ -191,7 +124,7 @@ class GroundDaemon:
         self._peers: dict[bytes, float] = {}
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
-        self._auth: _Authenticator | None = None
+        self._auth: AllowlistAuthenticator | None = None
         self._journal: Journal | None = None
         self._model_cache: tuple[tuple[int, int], bytes] | None = None
         # A round close writes its checkpoint in this thread while the loop
@@ -285,8 +218,10 @@ class GroundDaemon:
         # old connection may still look alive: let the new one take over.
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if cfg.curve:
-            allowlist = _Allowlist(cfg.allowlist_dir, self.metrics)
-            self._auth = _Authenticator(self._ctx, allowlist)
+            allowlist = Allowlist(
+                cfg.allowlist_dir, on_refused=self.metrics.auth_refused.inc
+            )
+            self._auth = AllowlistAuthenticator(self._ctx, allowlist, "ground.auth")
             self._auth.start()
             self._auth.configure_curve_callback(cfg.zap_domain, allowlist)
             public, secret = load_secret(cfg.secret_key)
