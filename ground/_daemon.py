@@ -507,12 +507,7 @@ class GroundDaemon:
             self._reply(
                 replies,
                 identity,
-                wire.heartbeat(
-                    self.config.id,
-                    self._next_seq(),
-                    self._now_s(),
-                    model_version=self.session.version,
-                ),
+                self._heartbeat(),
             )
         else:
             self._refuse(
@@ -598,18 +593,22 @@ class GroundDaemon:
         if self._grants_out:
             self._send_grants()
 
+    def _heartbeat(self) -> wire.Message:
+        """A HEARTBEAT naming the model version the daemon holds."""
+        return wire.heartbeat(
+            self.config.id,
+            self._next_seq(),
+            self._now_s(),
+            model_version=self.session.version,
+        )
+
     def _on_hello(self, msg: wire.Message, identity: bytes, replies: list) -> None:
         held = msg.body["model_version"]
         if msg.round == self._round and held == self.session.version:
             self._reply(
                 replies,
                 identity,
-                wire.heartbeat(
-                    self.config.id,
-                    self._next_seq(),
-                    self._now_s(),
-                    model_version=self.session.version,
-                ),
+                self._heartbeat(),
             )
             return
         replies.append((identity, self._model_message()))
