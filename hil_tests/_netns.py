@@ -9,9 +9,10 @@ the ground sees the satellite go over the horizon too.
 Addresses are 10.77.<i>.1 (ground side) and 10.77.<i>.2 (agent i) inside
 namespaces this module creates and removes; nothing leaves the machine.
 
-``netem`` is not available on these machines, so the links have no added
-propagation delay: only rate, queueing and outages are emulated.  A LEO round
-trip (5 to 40 ms) is small against the outages that matter here.
+``netem`` is not available on these machines, so the veths add no
+propagation delay: they emulate rate, queueing and outages.  Delay is added
+in user space by ``hil_tests._delay``, a TCP proxy in the ground namespace
+that holds every chunk for a one-way delay (``test_delay.py``).
 """
 
 import os
