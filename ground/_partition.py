@@ -72,9 +72,12 @@ three steps exact.
    index order, since renaming interchangeable nodes maps any plan to one
    that obeys this order at the same cost.
 
-Throughput is found in two passes: the least bottleneck ``B*`` with the max
-cost, then the least latency among plans whose every stage and link stays
-within ``B*`` (the same search on the instance with the other edges removed).
+Throughput is found in two passes: the least bottleneck ``B*`` by binary
+search over the finitely many values it can take, each step a yes/no search
+"is there a plan within B" (ground/_partition_bottleneck.py, exact for the
+same reasons), then the least latency among plans whose every stage and link
+stays within ``B*`` (the latency search on the instance with the other edges
+removed).
 
 Successors are generated lazily: expanding a label builds one sorted array of
 all its ``(end layer, node)`` successors and queues a single cursor over it,
@@ -102,12 +105,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from ground._partition_bottleneck import least_bottleneck
 from ground._partition_search import (
     _MAX,
     _SUM,
     GB_MB,
     PartitionSearchLimitError,
     _Instance,
+    _relaxed_cost_to_go,
     _restricted,
     _search,
 )
@@ -619,11 +624,11 @@ class PartitionOptimizer:
         if self.objective is Objective.LATENCY:
             labels, goal, expanded = _search(inst, _SUM, self.max_labels)
         else:
-            labels, goal, n1 = _search(inst, _MAX, self.max_labels)
-            expanded = n1
-            if goal >= 0:
-                end = labels[goal]
-                best = max(end.cost, float(inst.sink_busy[end.node]))
+            lower = _relaxed_cost_to_go(inst, _MAX).start
+            found = least_bottleneck(inst, lower, self.max_labels)
+            goal = -1
+            if found is not None:
+                best, expanded = found
                 labels, goal, n2 = _search(
                     _restricted(inst, best), _SUM, self.max_labels
                 )
