@@ -147,6 +147,15 @@ cdef extern from *:
     void ofl_prefetch_r(const void *p) noexcept nogil
     void ofl_prefetch_w(const void *p) noexcept nogil
 
+cdef extern from "_compress_simd.h":
+    uint32_t ofl_count_nonfinite32(const float *x, Py_ssize_t m) noexcept nogil
+    int32_t ofl_max_key32(const float *x, Py_ssize_t m) noexcept nogil
+    void ofl_ef_add_keys32(float *r, const float *g, Py_ssize_t m,
+                           int32_t *keys) noexcept nogil
+    void ofl_keys32(const float *x, Py_ssize_t m, int32_t *keys) noexcept nogil
+    void ofl_codes32(const float *x, Py_ssize_t m, float inv, float lim, int bits,
+                     const uint16_t *u, uint8_t *codes) noexcept nogil
+
 ctypedef fused real:
     float
     double
@@ -220,10 +229,7 @@ cdef Py_ssize_t _count_nonfinite(const real *x, Py_ssize_t n,
         # uint32 counter in blocks keeps the loop in 32-bit SIMD lanes
         i = 0
         while i < n:
-            c32 = 0
-            for j in range(i, min(n, i + (1 << 30))):
-                c32 += ofl_key32(x[j]) >= INF_KEY32
-            count += c32
+            count += ofl_count_nonfinite32(x + i, min(n - i, 1 << 30))
             i += 1 << 30
     else:
         for i in range(n):
@@ -395,13 +401,9 @@ cdef ScanResult _scan_f32(float *r, const float *g, Py_ssize_t n, int mode,
     while i0 < n:
         m = n - i0 if n - i0 < BLOCK else BLOCK
         if mode == ADD_WRITE:
-            for j in range(m):
-                a = clamp_sum(r[i0 + j], g[i0 + j])
-                r[i0 + j] = a
-                keys[j] = ofl_key32(a)
+            ofl_ef_add_keys32(r + i0, g + i0, m, keys)
         else:
-            for j in range(m):
-                keys[j] = ofl_key32(r[i0 + j])
+            ofl_keys32(r + i0, m, keys)
         for j in range(m, (m + 15) & ~15):
             keys[j] = -1
         for j in range(0, m, 16):
@@ -905,25 +907,14 @@ def ef_randomk(residual, grad, k, seed, unbiased=False):
 cdef real _chunk_amax(const real *x, Py_ssize_t m, bint *bad) noexcept nogil:
     """Largest magnitude of a chunk, exact, via integer keys; 0 if subnormal.
 
-    Sixteen running maxima break the dependency chain of the reduction so
-    that it vectorizes with independent lanes.
+    The float32 reduction is ofl_max_key32 (_compress_simd.h), which GCC
+    vectorizes as lane-wise integer maxima.
     """
-    cdef Py_ssize_t j, t, m16 = m & ~15
-    cdef int32_t k32[16]
-    cdef int32_t b32 = 0, kk32
+    cdef Py_ssize_t j
+    cdef int32_t b32 = 0
     cdef int64_t b64 = 0, kk64
     if real is float:
-        for t in range(16):
-            k32[t] = 0
-        for j in range(0, m16, 16):
-            for t in range(16):
-                kk32 = ofl_key32(x[j + t])
-                k32[t] = kk32 if kk32 > k32[t] else k32[t]
-        for j in range(m16, m):
-            kk32 = ofl_key32(x[j])
-            b32 = kk32 if kk32 > b32 else b32
-        for t in range(16):
-            b32 = k32[t] if k32[t] > b32 else b32
+        b32 = ofl_max_key32(x, m)
         if b32 >= INF_KEY32:
             bad[0] = True
         # float32 subnormals quantize to 0 (see _codes_f32)
@@ -951,34 +942,17 @@ cdef void _codes_f32(const float *x, Py_ssize_t m, float amax, int bits,
     or result, so none takes a slow path.  Clamping t in float before the
     truncation equals clamping the integer code after it.
     """
-    cdef int half = 1 << (bits - 1), top = (1 << bits) - 1
-    cdef float lv = <float>(half - 1), ftop = <float>top, one = 1
     cdef float inv = <float>1.0 / amax if amax > 0 else <float>0.0
     cdef float lim = amax * <float>(1.0 / 67108864.0)
-    cdef float xf, ax, t, off = <float>half + <float>0.5, hm1 = <float>(half - 1)
-    cdef Py_ssize_t j
     lim = lim if lim > F32_MIN_NORMAL else F32_MIN_NORMAL
-    if u == NULL:
-        for j in range(m):
-            ax = x[j] if x[j] >= 0 else -x[j]
-            xf = x[j] if ax >= lim else 0
-            t = (xf * inv) * lv + off
-            t = t if t > one else one
-            t = t if t < ftop else ftop
-            codes[j] = <uint8_t><int32_t>t
-    else:
-        for j in range(m):
-            ax = x[j] if x[j] >= 0 else -x[j]
-            xf = x[j] if ax >= lim else 0
-            # half + u / 2**16, built from bits: 1 + u / 2**16 is the float
-            # 0x3F800000 | u << 7, and adding half - 1 to it is exact, so t
-            # equals the twin's (xf * inv) * lv + (half + u * 2**-16) bit for bit
-            # while skipping an int-to-float conversion and a multiply.
-            t = (xf * inv) * lv + (
-                ofl_float_of(<uint32_t>0x3F800000 | (<uint32_t>u[j] << 7)) + hm1)
-            t = t if t > one else one
-            t = t if t < ftop else ftop
-            codes[j] = <uint8_t><int32_t>t
+    # The loops are ofl_codes32 in _compress_simd.h (an AVX2 clone on x86-64).
+    # Per element: xf = x if |x| >= lim else 0; t = (xf * inv) * lv + off,
+    # clamped to [1, top] and truncated.  Stochastic rounding replaces off by
+    # half + u / 2**16, built from bits: 1 + u / 2**16 is the float
+    # 0x3F800000 | u << 7, and adding half - 1 to it is exact, so t equals the
+    # twin's (xf * inv) * lv + (half + u * 2**-16) bit for bit while skipping
+    # an int-to-float conversion and a multiply.
+    ofl_codes32(x, m, inv, lim, bits, u, codes)
 
 
 cdef void _codes_chunk(const real *x, Py_ssize_t m, real amax, int bits,
