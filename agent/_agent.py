@@ -36,6 +36,7 @@ from agent import _wire as wire
 from agent._clock import SimClock
 from agent._config import AgentConfig
 from agent._keys import load_public, load_secret
+from agent._model_patch import apply_patch
 from agent._outbox import Outbox, OutboxFull
 from agent._trainer import Trainer
 from agent._transport import CurveClientKeys, DealerTransport
@@ -319,7 +320,8 @@ class Agent:
             self._now_s(),
             model_version=version,
             round=rnd,
-            capabilities=["dense"] + (["compressed"] if self.compressor else []),
+            capabilities=["dense", "model_patch"]
+            + (["compressed"] if self.compressor else []),
         )
         self._transport.send(wire.encode(msg))
         # Unanswered HELLOs back off; any reply resets the interval.
@@ -377,8 +379,14 @@ class Agent:
 
     def _on_model(self, msg: wire.Message) -> None:
         rnd, version = msg.round, msg.body["version"]
+        if "patch" in msg.body:
+            weights = self._patched(msg)
+            if weights is None:
+                return
+        else:
+            weights = msg.body["weights"]
         self.held = (rnd, version)
-        self._weights = msg.body["weights"]
+        self._weights = weights
         trained = (
             self.outbox.get_meta("trained_round", -1),
             self.outbox.get_meta("trained_version", -1),
@@ -397,6 +405,22 @@ class Agent:
             log.exception("%s: training round %d failed; skipping it", self.id, rnd)
             self.outbox.set_meta("trained_round", rnd)
             self.outbox.set_meta("trained_version", version)
+
+    def _patched(self, msg: wire.Message) -> dict[str, np.ndarray] | None:
+        """The model a patch leads to, or None (and a HELLO for the full one)."""
+        base = msg.body["base_version"]
+        try:
+            if self.held is None or self.held[1] != base or self._weights is None:
+                raise ValueError(
+                    f"patch from version {base} but this agent holds "
+                    f"{None if self.held is None else self.held[1]}"
+                )
+            return apply_patch(self._weights, msg.body["patch"], msg.body["crc32"])
+        except ValueError as exc:
+            log.warning("%s: model patch dropped (%s); HELLO for weights", self.id, exc)
+            self.held = None
+            self._next_hello = time.monotonic()
+            return None
 
     def _train(
         self, rnd: int, version: int, weights: dict[str, np.ndarray], deadline_s: float

@@ -52,6 +52,7 @@ from agent._demo_relay import (
 )
 from agent._keys import load_allowlist_checked, load_public, load_secret
 from agent._mlp import MLPTrainer
+from agent._model_patch import apply_patch
 from agent._outbox import Outbox
 from agent._transport import CurveClientKeys, DealerTransport
 
@@ -290,12 +291,17 @@ class DemoAgent:
             if version >= self.model_version:
                 self.model_round = max(self.model_round, message.round)
             if version > self.model_version:
-                self.model = {
-                    k: np.array(v, dtype=np.float32)
-                    for k, v in message.body["weights"].items()
-                }
+                model = self._model_from(message)
+                if model is None:
+                    return
+                self.model = model
                 self.model_version = version
-                self.events.write("model", version=version, bytes=len(data))
+                self.events.write(
+                    "model",
+                    version=version,
+                    bytes=len(data),
+                    patch="patch" in message.body,
+                )
         elif message.type is W.MessageType.ACK:
             sender, rnd, seq = message.body["of"]
             if sender != self.id:
@@ -365,6 +371,26 @@ class DemoAgent:
             (window.end - self.clock.sim_epoch).total_seconds()
         )
 
+    def _model_from(self, message: W.Message) -> dict[str, np.ndarray] | None:
+        """The model a MODEL gives: its weights, or the held model patched."""
+        body = message.body
+        if "patch" not in body:
+            weights = body["weights"]
+            return {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
+        try:
+            if self.model is None or body["base_version"] != self.model_version:
+                raise ValueError(
+                    f"patch from version {body['base_version']} but this agent "
+                    f"holds {self.model_version}"
+                )
+            return apply_patch(self.model, body["patch"], body["crc32"])
+        except ValueError as exc:
+            logger.warning("%s: model patch dropped: %s", self.id, exc)
+            # Ask for the full weights at once.
+            self.model, self.model_version = None, -1
+            self._hello()
+            return None
+
     def _hello(self) -> None:
         self._send(
             W.hello(
@@ -373,6 +399,7 @@ class DemoAgent:
                 self._now_s(),
                 model_version=self.model_version,
                 round=self.model_round,
+                capabilities=["model_patch"],
             )
         )
         self.hello_wall = time.time()

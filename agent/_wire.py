@@ -16,8 +16,12 @@ keep an update's body and wrap it in a fresh envelope at every resend.
 Bodies by type (arrays use :mod:`agent._arrays`, ``[dtype, shape, bytes]``):
 
 - ``HELLO``: ``model_version`` (int, -1 for none), ``capabilities`` (strings).
-- ``MODEL``: ``version`` (int), ``deadline_s`` (Unix seconds), ``weights``
-  (name -> array; the full global model).
+- ``MODEL``: ``version`` (int), ``deadline_s`` (Unix seconds), and either
+  ``weights`` (name -> array; the full global model) or a patch from a model
+  the agent holds: ``base_version`` (int), ``patch`` (name -> ``[indices,
+  values]``, flat uint32 indices, strictly increasing) and ``crc32`` of the
+  patched model (:mod:`agent._model_patch`).  The ground sends a patch only
+  to an agent whose HELLO lists the ``model_patch`` capability.
 - ``UPDATE``: ``base_version`` (the model version trained from),
   ``num_samples`` (int > 0), ``metrics`` (name -> float), and either
   ``update`` (a compressed update, ``CompressedUpdate.to_wire()``) or
@@ -215,7 +219,12 @@ def _pack_tensors(tensors: dict[str, np.ndarray]) -> dict[str, list]:
 def encode_body(type: MessageType, body: dict[str, Any]) -> bytes:
     """Encode a body map for ``type``, packing ndarrays where the schema has them."""
     body = dict(body)
-    if type is MessageType.MODEL:
+    if type is MessageType.MODEL and "patch" in body:
+        body["patch"] = {
+            str(name): [pack_array(idx), pack_array(values)]
+            for name, (idx, values) in body["patch"].items()
+        }
+    elif type is MessageType.MODEL:
         body["weights"] = _pack_tensors(body["weights"])
     elif type is MessageType.UPDATE and "delta" in body:
         body["delta"] = _pack_tensors(body["delta"])
@@ -263,6 +272,28 @@ def model(
 ) -> Message:
     body = {"version": int(version), "deadline_s": float(deadline_s)}
     body["weights"] = weights
+    return Message(MessageType.MODEL, sender, round, seq, send_time_s, body)
+
+
+def model_patch(
+    sender: str,
+    round: int,
+    seq: int,
+    send_time_s: float,
+    *,
+    version: int,
+    deadline_s: float,
+    base_version: int,
+    patch: dict[str, tuple[np.ndarray, np.ndarray]],
+    crc32: int,
+) -> Message:
+    body = {
+        "version": int(version),
+        "deadline_s": float(deadline_s),
+        "base_version": int(base_version),
+        "patch": patch,
+        "crc32": int(crc32),
+    }
     return Message(MessageType.MODEL, sender, round, seq, send_time_s, body)
 
 
@@ -552,8 +583,39 @@ def _check_hello(body: dict, limits: Limits) -> dict:
 def _check_model(body: dict, limits: Limits) -> dict:
     _require(body, "version", lambda v: _is_int(v) and v >= 0, "an int >= 0")
     _require(body, "deadline_s", _finite, "a finite number of Unix seconds")
-    weights = _require(body, "weights", lambda v: isinstance(v, dict), "a map")
-    body["weights"] = _unpack_tensors(weights, limits, "weights")
+    if ("weights" in body) == ("patch" in body):
+        raise _SchemaError("a MODEL carries exactly one of 'weights' and 'patch'")
+    if "weights" in body:
+        weights = _require(body, "weights", lambda v: isinstance(v, dict), "a map")
+        body["weights"] = _unpack_tensors(weights, limits, "weights")
+        return body
+    version = body["version"]
+    _require(
+        body,
+        "base_version",
+        lambda v: _is_int(v) and 0 <= v <= version,
+        f"an int from 0 to the version, {version}",
+    )
+    _require(body, "crc32", lambda v: _is_int(v) and 0 <= v < 1 << 32, "a u32")
+    patch = _require(body, "patch", lambda v: isinstance(v, dict), "a map")
+    out = {}
+    for name, pair in patch.items():
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise _SchemaError(f"patch[{name!r}] must be [indices, values]", pair)
+        try:
+            idx, values = (
+                unpack_array(a, max_elements=limits.max_elements) for a in pair
+            )
+        except ArrayFormatError as exc:
+            raise _SchemaError(f"patch[{name!r}]: {exc}", exc.value) from None
+        if idx.dtype != np.uint32 or idx.ndim != 1 or values.shape != idx.shape:
+            raise _SchemaError(
+                f"patch[{name!r}] holds {idx.dtype}{idx.shape} indices and "
+                f"{values.dtype}{values.shape} values; expected uint32 indices "
+                "and values of one length, both 1-D"
+            )
+        out[name] = (idx, values)
+    body["patch"] = out
     return body
 
 

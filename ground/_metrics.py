@@ -53,6 +53,12 @@ class DaemonMetrics:
             "orbitfl_bytes_received", "Payload bytes received", registry=r
         )
         self.bytes_out = Counter("orbitfl_bytes_sent", "Payload bytes sent", registry=r)
+        self.models_sent = Counter(
+            "orbitfl_models_sent",
+            "MODEL messages built for an agent, by form (weights, patch)",
+            ["form"],
+            registry=r,
+        )
         self.send_failures = Counter(
             "orbitfl_send_failures",
             "Replies that could not be sent, by reason (unreachable, full)",
