@@ -41,6 +41,16 @@ from agent.kernels._compress_twin import (
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+cdef extern from "_compress_simd.h":
+    uint64_t ofl_mix(uint64_t seed, uint64_t i) noexcept nogil
+    uint32_t ofl_count_nonfinite32(const float *x, Py_ssize_t m) noexcept nogil
+    int32_t ofl_max_key32(const float *x, Py_ssize_t m) noexcept nogil
+    void ofl_ef_add_keys32(float *r, const float *g, Py_ssize_t m,
+                           int32_t *keys) noexcept nogil
+    void ofl_keys32(const float *x, Py_ssize_t m, int32_t *keys) noexcept nogil
+    void ofl_codes32(const float *x, Py_ssize_t m, float inv, float lim, int bits,
+                     const uint16_t *u, uint8_t *codes) noexcept nogil
+
 cdef extern from *:
     """
     #include <stdint.h>
@@ -60,39 +70,16 @@ cdef extern from *:
     static inline float ofl_float_of(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
     static inline double ofl_double_of(uint64_t u) { double x; memcpy(&x, &u, 8); return x; }
 
-    /* splitmix64 over a counter: Steele, Lea & Flood, OOPSLA 2014. */
-    static inline uint64_t ofl_mix(uint64_t seed, uint64_t i) {
-        uint64_t z = seed + (i + 1u) * 0x9E3779B97F4A7C15ull;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-    }
-
-    /* u[j] = bits 16*(i % 4) up of ofl_mix(seed, i / 4), i = i0 + j.  Kept
-       scalar: SSE2 has no 64-bit multiply, and GCC's emulation of it with
-       pmuludq ran slower than one scalar imul per draw. */
-    #if defined(__clang__)
-    #define OFL_NOVEC
-    #elif defined(__GNUC__)
-    #define OFL_NOVEC __attribute__((optimize("no-tree-vectorize")))
-    #else
-    #define OFL_NOVEC
-    #endif
-    static OFL_NOVEC void ofl_uniform16(uint64_t seed, int64_t i0, int64_t m,
-                                        uint16_t *u) {
-        int64_t i = i0, end = i0 + m, q;
+    /* u[j] = bits 16*(i % 4) up of ofl_mix(seed, i / 4), i = i0 + j; the
+       whole draws come from ofl_draws16 (_compress_simd.h). */
+    static void ofl_uniform16(uint64_t seed, int64_t i0, int64_t m, uint16_t *u) {
+        int64_t i = i0, end = i0 + m;
         for (; i < end && (i & 3); ++i)
             u[i - i0] = (uint16_t)(ofl_mix(seed, (uint64_t)(i >> 2)) >> (16 * (i & 3)));
-    #if defined(__clang__)
-    #pragma clang loop vectorize(disable)
-    #endif
-        for (q = i >> 2; q < (end >> 2); ++q) {
-            uint64_t z = ofl_mix(seed, (uint64_t)q);
-            uint16_t *o = u + (4 * q - i0);
-            o[0] = (uint16_t)z; o[1] = (uint16_t)(z >> 16);
-            o[2] = (uint16_t)(z >> 32); o[3] = (uint16_t)(z >> 48);
+        if (i < ((end >> 2) << 2)) {
+            ofl_draws16(seed, i >> 2, end >> 2, u + (i - i0));
+            i = (end >> 2) << 2;
         }
-        if (i < ((end >> 2) << 2)) i = (end >> 2) << 2;
         for (; i < end; ++i)
             u[i - i0] = (uint16_t)(ofl_mix(seed, (uint64_t)(i >> 2)) >> (16 * (i & 3)));
     }
@@ -140,21 +127,11 @@ cdef extern from *:
     int64_t ofl_key64(double x) noexcept nogil
     float ofl_float_of(uint32_t u) noexcept nogil
     double ofl_double_of(uint64_t u) noexcept nogil
-    uint64_t ofl_mix(uint64_t seed, uint64_t i) noexcept nogil
     void ofl_uniform16(uint64_t seed, int64_t i0, int64_t m, uint16_t *u) noexcept nogil
     int ofl_ctz(uint32_t m) noexcept nogil
     uint32_t ofl_mask16_ge(const int32_t *keys, int32_t t0) noexcept nogil
     void ofl_prefetch_r(const void *p) noexcept nogil
     void ofl_prefetch_w(const void *p) noexcept nogil
-
-cdef extern from "_compress_simd.h":
-    uint32_t ofl_count_nonfinite32(const float *x, Py_ssize_t m) noexcept nogil
-    int32_t ofl_max_key32(const float *x, Py_ssize_t m) noexcept nogil
-    void ofl_ef_add_keys32(float *r, const float *g, Py_ssize_t m,
-                           int32_t *keys) noexcept nogil
-    void ofl_keys32(const float *x, Py_ssize_t m, int32_t *keys) noexcept nogil
-    void ofl_codes32(const float *x, Py_ssize_t m, float inv, float lim, int bits,
-                     const uint16_t *u, uint8_t *codes) noexcept nogil
 
 ctypedef fused real:
     float
