@@ -55,6 +55,10 @@ def _candidates(inst: _Instance) -> np.ndarray:
 class _Question:
     """Is there a plan whose every stage and link is within ``limit_ms``?"""
 
+    # The pooled table (below) costs about as much as a few hundred states;
+    # it is built only for a question that is not answered by then.
+    KIND_TABLE_AFTER = 200
+
     def __init__(self, inst: _Instance, limit_ms: float, budget: int) -> None:
         self.inst = inst
         self.budget = budget
@@ -99,6 +103,7 @@ class _Question:
         self.total_flops = float(F[-1])
         self.flops = F.tolist()
         self.order = np.argsort(-inst.speed, kind="stable").tolist()
+        self.kinds: _KindTable | None = None
 
     def solve(self) -> list[tuple[int, int, int]] | None:
         """A plan as [(first layer, end layer, node)], or None when none exists."""
@@ -150,7 +155,11 @@ class _Question:
                 f"without an answer ({inst.L} layers, {inst.N} nodes); raise "
                 "max_labels"
             )
-        if self._alive(b, w, used):
+        if self.kinds is None and self.visited > self.KIND_TABLE_AFTER:
+            self.kinds = _KindTable(self)
+        if self._alive(b, w, used) and (
+            self.kinds is None or self.kinds.alive(b, w, used)
+        ):
             link = self.link_ok[w]
             for u in self.order:
                 if used >> u & 1 or not link[u, b]:
@@ -165,6 +174,79 @@ class _Question:
                     path.pop()
         self.failed.setdefault(key, []).append(used)
         return False
+
+
+class _KindTable:
+    """The yes/no question with only the node counts per kind kept, by DP.
+
+    Nodes of one kind (equal speed and memory, hence equal stage reach) are
+    counted, not named: ``ok[c, u, k]`` says whether layers ``[c, L)`` can be
+    covered starting with a stage on ``u`` at cut ``c`` when ``k`` (a
+    mixed-radix vector of counts per kind, ``u``'s kind included) nodes are
+    still unused, where a later stage may land on any node whose kind still
+    has a count left, even one used before.  Every plan is such a plan, so a
+    state without an answer here has no completion.  This keeps what the
+    capacity test of ``_Question._alive`` loses: that stages are contiguous
+    and where they can be cut.  The table has ``L * N * prod(count + 1)``
+    entries; above ``MAX_ENTRIES`` it is not built and ``alive`` says yes.
+    """
+
+    MAX_ENTRIES = 4_000_000
+
+    def __init__(self, q: _Question) -> None:
+        inst = q.inst
+        L, N = inst.L, inst.N
+        keys = list(zip(inst.speed.tolist(), inst.cap_mb.tolist(), strict=True))
+        first: dict[tuple[float, float], int] = {}
+        self.kind = [first.setdefault(key, len(first)) for key in keys]
+        T = len(first)
+        counts = np.bincount(self.kind, minlength=T)
+        self.stride = np.concatenate(([1], np.cumprod(counts + 1)[:-1])).astype(int)
+        K = int(np.prod(counts + 1))
+        self.built = L * N * K <= self.MAX_ENTRIES
+        if not self.built:
+            return
+        digits = (np.arange(K)[:, None] // self.stride[None, :]) % (counts + 1)
+        valid = [np.flatnonzero(digits[:, t] >= 1) for t in range(T)]
+        of_kind = [np.flatnonzero(np.array(self.kind) == t) for t in range(T)]
+        link = q.link_ok[:N].astype(np.float32)  # [u, u2, cut]
+        sink = np.array([q.sink_mask >> u & 1 for u in range(N)], dtype=np.int32)
+
+        # done[u, e, k]: how many ends e' >= e of a stage on u complete the plan
+        done = np.zeros((N, L + 2, K), dtype=np.int32)
+        for t in range(T):
+            rows = of_kind[t]
+            done[np.ix_(rows, [L], valid[t])] = sink[rows, None, None]
+        self.ok = np.zeros((L + 1, N, K), dtype=bool)
+        for c in range(L - 1, -1, -1):
+            e = c + 1
+            if e < L:
+                nxt = self.ok[e].astype(np.float32)  # [u2, k]
+                for t in range(T):
+                    rows, cols = of_kind[t], valid[t]
+                    reach = link[rows, :, e] @ nxt[:, cols - self.stride[t]]
+                    done[np.ix_(rows, [e], cols)] = (reach > 0)[:, None, :]
+                done[:, e] += done[:, e + 1]
+            for u in range(N):
+                r = int(q.reach[u, c])
+                if r > c:
+                    t = self.kind[u]
+                    cols = valid[t]
+                    self.ok[c, u, cols] = done[u, c + 1, cols] > done[u, r + 1, cols]
+        self.link_ok = q.link_ok
+
+    def alive(self, b: int, w: int, used: int) -> bool:
+        if not self.built:
+            return True
+        k = 0
+        firsts = []
+        link = self.link_ok[w]
+        for u, t in enumerate(self.kind):
+            if not used >> u & 1:
+                k += int(self.stride[t])
+                if link[u, b]:
+                    firsts.append(u)
+        return any(self.ok[b, u, k] for u in firsts)
 
 
 def _bits(mask: int):

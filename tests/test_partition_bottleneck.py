@@ -17,7 +17,7 @@ from ground._partition import (
     PartitionOptimizer,
     as_link_model,
 )
-from ground._partition_bottleneck import least_bottleneck
+from ground._partition_bottleneck import _Question, least_bottleneck
 from ground._partition_search import _MAX, _Instance, _relaxed_cost_to_go, _search
 
 
@@ -101,3 +101,42 @@ def test_least_bottleneck_equals_the_best_first_max_search(seed):
     assert found is not None
     assert found[0] == pytest.approx(want, rel=1e-9)
     assert found[0] >= lower * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_pooled_kind_table_keeps_the_optimum(seed, monkeypatch):
+    # The table is built lazily for hard questions only; build it for every
+    # question here so its pruning is checked against brute force.
+    monkeypatch.setattr(_Question, "KIND_TABLE_AFTER", 0)
+    rng = random.Random(1300 + seed)
+    profile, nodes, table = twin_nodes_instance(rng, rng.randint(2, 7))
+    source = nodes[rng.randrange(5)] if seed % 2 else None
+    want_latency, want_tp = brute_force(profile, nodes, table, 1, source, source)
+    inst = _Instance(
+        profile,
+        nodes,
+        as_link_model(table),
+        1,
+        None if source is None else nodes.index(source),
+        None if source is None else nodes.index(source),
+    )
+    found = least_bottleneck(inst, 0.0, 100_000)
+    if want_latency is None:
+        assert found is None
+        return
+    assert found is not None
+    assert found[0] == pytest.approx(want_tp[0], rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pooled_kind_table_on_the_satellite_family(seed, monkeypatch):
+    monkeypatch.setattr(_Question, "KIND_TABLE_AFTER", 0)
+    profile, nodes, table = satellites_instance(100 + seed, 5, 6)
+    inst = _Instance(profile, nodes, as_link_model(table), 1, 0, 0)
+    found = least_bottleneck(inst, 0.0, 200_000)
+    labels, goal, _ = _search(inst, _MAX, 200_000)
+    assert (found is None) == (goal < 0)
+    if found is not None:
+        end = labels[goal]
+        want = max(end.cost, float(inst.sink_busy[end.node]))
+        assert found[0] == pytest.approx(want, rel=1e-9)
