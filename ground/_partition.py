@@ -89,10 +89,17 @@ objectives when a few ground stations carry most of the model; for latency
 also when 9-10 satellites in a row must carry it (median 0.14 s CPU, the
 slowest of five instances about 6,000 expansions and 1-3 s).  Known gap:
 the throughput objective on that last family (18 satellites with pairwise
-different links, nearly all of them needed to balance the pipeline) is a
-bottleneck path through most nodes; the bounds do not tame it and the
-search stops at ``max_labels`` with ``PartitionSearchLimitError`` instead of
-returning a plan it cannot prove optimal.
+different links, nearly all of them needed to balance the pipeline).  The
+least bottleneck itself is found in 0.12-0.14 s of CPU on three of its five
+instances; on the other two the yes/no question at 60.05 ms (60.15 ms is
+feasible) exceeds ``max_labels``: every full stage of a slow satellite then
+ends at an 8 MB cut, so they need a chain of fast links, a
+Hamiltonian-path-like condition the pooled table cannot see.  Where ``B*``
+is found, the second pass, the least latency among plans within it, exceeds
+``max_labels`` too: its bounds (the relaxed DP, Lagrangian and memory
+capacity) do not know that ``B*`` caps how much each node computes.  The
+optimizer raises ``PartitionSearchLimitError`` there instead of returning
+a plan it cannot prove optimal.
 """
 
 from __future__ import annotations
