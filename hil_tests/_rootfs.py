@@ -31,8 +31,11 @@ BINFMT_ENTRY = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def unavailable_reason() -> str | None:
-    """Why the emulated arm64 computer cannot run here, or None."""
+def unavailable_reason(need_project: bool = True) -> str | None:
+    """Why the emulated arm64 computer cannot run here, or None.
+
+    ``need_project=False``: only the root filesystem and its venv, not
+    orbitfl built inside (the ssh stand-in builds its own copy)."""
     if os.geteuid() != 0:
         return f"the arm64 root filesystem needs root for chroot (uid {os.geteuid()})"
     if shutil.which("unshare") is None or shutil.which("chroot") is None:
@@ -46,7 +49,9 @@ def unavailable_reason() -> str | None:
         return f"{BINFMT_ENTRY} is disabled; run update-binfmts --enable qemu-aarch64"
     if not (WORK_DIR / ".debootstrap.done").exists():
         return f"the arm64 root filesystem is not built; run {BUILD_SCRIPT}"
-    if not any(WORK_DIR.glob(".project-*.done")):
+    if not any(WORK_DIR.glob(".venv-*.done")):
+        return f"the arm64 root filesystem has no venv; run {BUILD_SCRIPT}"
+    if need_project and not any(WORK_DIR.glob(".project-*.done")):
         return f"orbitfl is not built in the arm64 root filesystem; run {BUILD_SCRIPT}"
     return None
 
@@ -91,11 +96,18 @@ def host_path(path_inside: str) -> Path:
 
 @dataclass(frozen=True)
 class SshTarget:
-    """A real arm64 device reached over ssh (``HIL_TARGET=ssh://user@host``)."""
+    """An arm64 device reached over ssh (``HIL_TARGET=ssh://user@host``).
+
+    ``identity`` and ``known_hosts`` are for a device the tests set up
+    themselves (``hil_tests._sshd``); a real device uses the caller's ssh
+    configuration and agent.
+    """
 
     user: str | None
     host: str
     port: int = 22
+    identity: Path | None = None
+    known_hosts: Path | None = None
 
     @classmethod
     def from_env(cls) -> "SshTarget | None":
@@ -114,12 +126,30 @@ class SshTarget:
     def dest(self) -> str:
         return f"{self.user}@{self.host}" if self.user else self.host
 
+    @property
+    def url(self) -> str:
+        return f"ssh://{self.dest}:{self.port}"
+
+    def _options(self) -> list[str]:
+        # BatchMode: a key or nothing, never a password prompt in CI.
+        opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                "-o", "ServerAliveInterval=15"]  # fmt: skip
+        if self.identity:
+            opts += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
+        if self.known_hosts:
+            opts += ["-o", f"UserKnownHostsFile={self.known_hosts}",
+                     "-o", "StrictHostKeyChecking=accept-new"]  # fmt: skip
+        return opts
+
     def ssh_argv(self, remote_cmd: str) -> list[str]:
-        return [
-            "ssh", "-p", str(self.port), "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=10", self.dest, remote_cmd,
-        ]  # fmt: skip
+        return ["ssh", "-p", str(self.port), *self._options(), self.dest, remote_cmd]
 
     def scp_argv(self, local: Path, remote: str) -> list[str]:
-        return ["scp", "-P", str(self.port), "-o", "BatchMode=yes", str(local),
-                f"{self.dest}:{remote}"]  # fmt: skip
+        """scp a local file or directory (recursively) to ``remote``."""
+        return ["scp", "-q", "-r", "-P", str(self.port), *self._options(),
+                str(local), f"{self.dest}:{remote}"]  # fmt: skip
+
+    def fetch_argv(self, remote: str, local: Path) -> list[str]:
+        """scp a remote file or directory (recursively) to ``local``."""
+        return ["scp", "-q", "-r", "-P", str(self.port), *self._options(),
+                f"{self.dest}:{remote}", str(local)]  # fmt: skip

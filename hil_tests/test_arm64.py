@@ -1,9 +1,9 @@
-"""The agent on an arm64 flight computer: emulated under qemu, or a real one.
+"""The agent on an emulated arm64 flight computer, under qemu.
 
-Emulated: the Debian bookworm arm64 root filesystem of
+The Debian bookworm arm64 root filesystem of
 ``hil_tests/arm64/build_rootfs.sh``, with orbitfl's kernels compiled inside
-by its own gcc.  Real: ``HIL_TARGET=ssh://user@host`` (a Raspberry Pi or a
-Jetson with python3-venv, python3-dev and gcc).  Times under qemu are
+by its own gcc.  The same checks over ssh, against a real device or the root
+filesystem's own sshd, are in ``test_device_ssh.py``.  Times under qemu are
 relative only: user-mode emulation runs aarch64 code 5 to 20 times slower.
 """
 
@@ -12,20 +12,18 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from hil_tests import _rootfs
+from hil_tests._device import DIGESTS, compare_digests, host_digests, per_round_s
 from hil_tests._faults import Proc
 from hil_tests._ledger import WORK_DIR, RunSummary
 from hil_tests._scenario import Keys, account, agent_config, ground_config
 
 REPO = Path(__file__).resolve().parent.parent
-DIGESTS = "hil_tests/arm64/kernel_digests.py"
 EXTRA = 20_000  # float32 padding: an 80 kB update
 
 
@@ -40,36 +38,9 @@ def arm64():
     return _rootfs
 
 
-def _host_digests() -> dict:
-    out = subprocess.run(
-        [sys.executable, str(REPO / DIGESTS)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return json.loads(out.stdout)
-
-
-def _compare(host: dict, device: dict) -> list[str]:
-    problems = []
-    for backend, cases in host["backends"].items():
-        other = device["backends"].get(backend)
-        if other is None:
-            problems.append(f"backend {backend} exists on x86-64 but not on arm64")
-            continue
-        for case, digest in cases.items():
-            if other.get(case) != digest:
-                problems.append(
-                    f"{backend} {case}: x86-64 {digest[:16]} != arm64 "
-                    f"{str(other.get(case))[:16]}"
-                )
-    return problems
-
-
 @pytest.mark.timeout(1800)
 def test_kernels_on_arm64_give_bit_identical_outputs_to_x86_64(arm64):
-    host = _host_digests()
+    host = host_digests()
     # The script is not part of the sdist: copy it next to the source.
     inside = f"{arm64.OPT}/hil/kernel_digests.py"
     arm64.host_path(inside).parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +62,7 @@ def test_kernels_on_arm64_give_bit_identical_outputs_to_x86_64(arm64):
     # Digests cover the compression and routing kernels; other compiled
     # modules are only checked to build and import on arm64.
     assert {"compress/compiled", "sssp/compiled"} <= set(device["backends"])
-    problems = _compare(host, device)
+    problems = compare_digests(host, device)
     n_cases = sum(len(c) for c in host["backends"].values())
     assert not problems, f"{len(problems)} of {n_cases} digests differ:\n" + "\n".join(
         problems[:30]
@@ -239,80 +210,19 @@ def test_arm64_agent_completes_rounds_against_the_host_daemon(arm64, tmp_path):
     assert acc.problems() == [] and outcome.model_problems == []
     trained = [line for line in log.splitlines() if "trained round" in line]
     assert len(trained) == rounds
-    stamps = [
-        datetime.strptime(x[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() for x in trained
-    ]
-    per_round_s = (stamps[-1] - stamps[0]) / max(1, rounds - 1)
+    round_s = per_round_s(log)
     peak_mb = max(rss_kb) / 1024 if rss_kb else float("nan")
     summary = RunSummary("arm64 agent vs host daemon (qemu)", accounting=acc)
     summary.notes = {
         "rounds": rounds,
         "wall_s": round(wall_s, 1),
-        "per_round_s": round(per_round_s, 2),
+        "per_round_s": round(round_s, 2),
         "agent_peak_rss_mb": round(peak_mb, 1),
     }
     summary.record()
     (WORK_DIR / "arm64-agent.json").write_text(json.dumps(summary.notes))
     print(
         f"\narm64 agent (qemu): {rounds} rounds in {wall_s:.1f} s wall, "
-        f"{per_round_s:.2f} s per round after the first, peak RSS {peak_mb:.1f} MB"
+        f"{round_s:.2f} s per round after the first, peak RSS {peak_mb:.1f} MB"
     )
     assert rss_kb, "could not read the agent's resident memory from /proc"
-
-
-@pytest.fixture(scope="module")
-def ssh_target():
-    try:
-        target = _rootfs.SshTarget.from_env()
-    except ValueError as exc:
-        pytest.fail(str(exc))
-    if target is None:
-        pytest.skip(
-            "no real device: set HIL_TARGET=ssh://user@host (a Raspberry Pi or "
-            "Jetson with python3-venv, python3-dev and gcc, reachable by key-based "
-            "ssh) to run this suite on it"
-        )
-    return target
-
-
-def _sdist(tmp_path: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (sdist,) = tmp_path.glob("orbitfl-*.tar.gz")
-    with tarfile.open(sdist) as tar:
-        names = tar.getnames()
-    assert any(n.endswith(".pyx") for n in names), "the sdist has no .pyx sources"
-    return sdist
-
-
-@pytest.mark.timeout(3600)
-def test_real_device_builds_and_matches_x86_64_digests(ssh_target, tmp_path):
-    sdist = _sdist(tmp_path)
-    remote = "orbitfl-hil"
-    ssh = ssh_target.ssh_argv
-    subprocess.run(ssh(f"rm -rf {remote} && mkdir -p {remote}"), check=True)
-    subprocess.run(ssh_target.scp_argv(sdist, f"{remote}/"), check=True)
-    script = (
-        f"cd {remote} && tar xzf {sdist.name} && cd {sdist.name[:-7]} && "
-        "python3 -m venv ../venv && ../venv/bin/pip install -q numpy msgpack pyzmq "
-        "sgp4 Cython setuptools && ../venv/bin/python setup.py -q build_ext "
-        "--inplace && mkdir -p hil_tests/arm64"
-    )
-    subprocess.run(ssh(script), check=True, timeout=3000)
-    subprocess.run(
-        ssh_target.scp_argv(
-            REPO / DIGESTS, f"{remote}/{sdist.name[:-7]}/hil_tests/arm64/"
-        ),
-        check=True,
-    )
-    out = subprocess.run(
-        ssh(f"cd {remote}/{sdist.name[:-7]} && ../venv/bin/python {DIGESTS}"),
-        capture_output=True, text=True, check=True, timeout=600,
-    )  # fmt: skip
-    problems = _compare(_host_digests(), json.loads(out.stdout))
-    assert not problems, "\n".join(problems[:30])
