@@ -72,13 +72,14 @@ def apply_patch(
     result's CRC-32 is not ``crc32``, i.e. the held model was not the one the
     patch was made from; the caller then asks for the full weights.
     """
-    unknown = sorted(set(patch) - set(held))
+    unknown = sorted(map(repr, set(patch) - set(held)))
     if unknown:
         raise ValueError(
             f"model patch names tensor(s) {unknown} that the held model lacks "
             f"(it has {sorted(held)})"
         )
-    out = {name: np.array(a, copy=True) for name, a in held.items()}
+    # C order: the flat view below must be a view, not a copy.
+    out = {name: np.array(a, copy=True, order="C") for name, a in held.items()}
     for name, (idx, values) in patch.items():
         flat = out[name].reshape(-1)
         if idx.ndim != 1 or values.ndim != 1 or idx.size != values.size:

@@ -600,6 +600,8 @@ def _check_model(body: dict, limits: Limits) -> dict:
     patch = _require(body, "patch", lambda v: isinstance(v, dict), "a map")
     out = {}
     for name, pair in patch.items():
+        if not isinstance(name, str):
+            raise _SchemaError(f"patch tensor name {name!r} must be a str", name)
         if not (isinstance(pair, list) and len(pair) == 2):
             raise _SchemaError(f"patch[{name!r}] must be [indices, values]", pair)
         try:

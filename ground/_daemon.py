@@ -66,7 +66,7 @@ _BATCH = 256
 # A batch also stops at this many received bytes, which bounds how long the
 # first update of a batch waits for its ACK (the journal fsync).
 _BATCH_BYTES = 8 * 1024 * 1024
-_PATCH_CACHE = 64  # patch frames kept per model version (one per base version)
+_PEER_MODELS_MAX = 65536  # agents whose held model version is remembered
 _POLL_CAP_S = 0.2  # longest poll, so stop() and deadlines are seen promptly
 _CLOSE_POLL_S = 0.002  # poll period while a checkpoint is being written
 # libzmq's own cap sits a little above the application's, so that a message
@@ -614,6 +614,11 @@ class GroundDaemon:
     def _on_hello(self, msg: wire.Message, identity: bytes, replies: list) -> None:
         held = msg.body["model_version"]
         patches = "model_patch" in msg.body["capabilities"]
+        if len(self._peer_models) >= _PEER_MODELS_MAX and identity not in (
+            self._peer_models
+        ):
+            # Only a cache: a forgotten agent gets the full weights once.
+            self._peer_models.clear()
         self._peer_models[identity] = (held, patches)
         if msg.round == self._round and held == self.session.version:
             self._reply(
@@ -641,7 +646,9 @@ class GroundDaemon:
         frame = self._patch_cache.get(cache_key)
         if frame is None:
             frame = self._patch_message(held, len(full))
-            if len(self._patch_cache) >= _PATCH_CACHE:
+            # At most one full frame's worth of patches is kept.
+            cached = sum(len(f) for f in self._patch_cache.values())
+            if cached + len(frame) > len(full):
                 self._patch_cache.clear()
             self._patch_cache[cache_key] = frame
         self.metrics.models_sent.labels("patch" if frame else "weights").inc()

@@ -2,12 +2,14 @@
 
 import time
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
 
 from agent import _wire as w
 from agent._agent import Agent
+from agent._arrays import pack_array
 from agent._config import parse_agent_config
 from agent._model_patch import apply_patch, changed_indices, model_crc32
 from agent._trainer import TrainResult
@@ -306,3 +308,35 @@ def test_agent_follows_the_ground_model_through_patches(tmp_path):
     finally:
         agent.stop()
         d.stop()
+
+
+def test_model_patch_with_a_non_string_tensor_name_is_a_wire_error():
+    # A hostile ground mixing bytes and str names must not reach apply_patch.
+    body = dict(_golden_patch().body)
+    packed = w.encode(_golden_patch())
+    msg = w.decode(packed)
+    idx, values = msg.body["patch"]["w"]
+    body["patch"] = {b"x": (idx, values), "y": (idx, values)}
+    raw = msgpack.packb(
+        {
+            **{k: v for k, v in body.items() if k != "patch"},
+            "patch": {
+                name: [pack_array(i), pack_array(v)]
+                for name, (i, v) in body["patch"].items()
+            },
+        },
+        use_bin_type=True,
+    )
+    frame = w.encode_envelope(w.MessageType.MODEL, "ground", 1, 9, T0, raw)
+    with pytest.raises(w.WireError, match="must be a str"):
+        w.decode(frame)
+
+
+def test_apply_patch_to_a_fortran_ordered_model():
+    held = {"a": np.asfortranarray(np.zeros((4, 3), np.float32))}
+    target = {"a": np.zeros((4, 3), np.float32)}
+    target["a"][1, 2] = 2.0
+    flat = 1 * 3 + 2
+    patch = {"a": (np.array([flat], np.uint32), np.array([2.0], np.float32))}
+    got = apply_patch(held, patch, model_crc32(target))
+    assert got["a"].tobytes() == target["a"].tobytes()
