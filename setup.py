@@ -64,6 +64,8 @@ def extensions():
             f"agent.kernels.{src.stem}",
             [str(src.relative_to(HERE))],
             extra_compile_args=COMPILE_ARGS,
+            # A header change must rebuild the module that includes it.
+            depends=[str(h.relative_to(HERE)) for h in src.parent.glob("*.h")],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for src in sources

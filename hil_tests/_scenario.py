@@ -211,6 +211,50 @@ def agent_config(
     return write_toml(path, doc)
 
 
+def one_agent_configs(
+    ground_path: Path,
+    agent_path: Path,
+    *,
+    agent_id: str,
+    bind: str,
+    endpoint: str,
+    ground_state: Path,
+    agent_state: Path,
+    keys: Keys | None,
+    rounds: int,
+    extra: int,
+) -> tuple[Path, Path]:
+    """Write the configs of a one-agent run on the real-time clock.
+
+    A FEDAVG daemon that expects only ``agent_id`` (a round closes on its
+    update, or after 600 s), and that agent, which stops after ``rounds``
+    rounds; ``extra`` pads the model (and every update) by that many floats.
+    """
+    ground = ground_config(
+        ground_path,
+        bind=bind,
+        state_dir=ground_state,
+        keys=keys,
+        expected_agents=[agent_id],
+        n_slots=rounds + 1 + extra,
+        deadline_s=600.0,
+        clock=None,
+    )
+    agent = agent_config(
+        agent_path,
+        agent_id=agent_id,
+        agent_index=0,
+        n_agents=1,
+        rounds_per_agent=rounds + 1,
+        endpoint=endpoint,
+        state_dir=agent_state,
+        keys=keys,
+        max_rounds=rounds,
+        extra=extra,
+    )
+    return ground, agent
+
+
 # ---------------------------------------------------------------- accounting
 
 _TRAINED = re.compile(r"(\S+): trained round (\d+) .*update seq (\d+)")

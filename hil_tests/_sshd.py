@@ -98,7 +98,11 @@ class LocalSshd:
             "root", "127.0.0.1", port, identity=key,
             known_hosts=self.work / "known_hosts",
         )  # fmt: skip
-        self._wait_ready(target)
+        try:
+            self._wait_ready(target)
+        except BaseException:
+            self.stop()
+            raise
         return target
 
     def _wait_ready(self, target: _rootfs.SshTarget) -> None:

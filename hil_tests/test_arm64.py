@@ -21,7 +21,7 @@ from hil_tests import _rootfs
 from hil_tests._device import DIGESTS, compare_digests, host_digests, per_round_s
 from hil_tests._faults import Proc
 from hil_tests._ledger import WORK_DIR, RunSummary
-from hil_tests._scenario import Keys, account, agent_config, ground_config
+from hil_tests._scenario import Keys, account, one_agent_configs
 
 REPO = Path(__file__).resolve().parent.parent
 EXTRA = 20_000  # float32 padding: an 80 kB update
@@ -126,26 +126,16 @@ def test_arm64_agent_completes_rounds_against_the_host_daemon(arm64, tmp_path):
     keys = Keys(run_dir / "keys", ids)
     port = 46000 + os.getpid() % 1000
     state = tmp_path / "ground-state"
-    ground_config(
+    _, host_cfg = one_agent_configs(
         tmp_path / "ground.toml",
-        bind=f"tcp://127.0.0.1:{port}",
-        state_dir=state,
-        keys=keys,
-        expected_agents=ids,
-        n_slots=rounds + 1 + EXTRA,
-        deadline_s=600.0,
-        clock=None,
-    )
-    host_cfg = agent_config(
         run_dir / "pi-0.toml",
         agent_id="pi-0",
-        agent_index=0,
-        n_agents=1,
-        rounds_per_agent=rounds + 1,
+        bind=f"tcp://127.0.0.1:{port}",
         endpoint=f"tcp://127.0.0.1:{port}",
-        state_dir=run_dir / "state",
+        ground_state=state,
+        agent_state=run_dir / "state",
         keys=keys,
-        max_rounds=rounds,
+        rounds=rounds,
         extra=EXTRA,
     )
     # The test trainer is not part of the sdist: copy it in.

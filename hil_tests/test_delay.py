@@ -18,7 +18,7 @@ import pytest
 from hil_tests._faults import Proc
 from hil_tests._ledger import RunSummary
 from hil_tests._netns import LinkSpec
-from hil_tests._scenario import Keys, account, agent_config, ground_config
+from hil_tests._scenario import Keys, account, one_agent_configs
 
 ECHO_PORT = 47021
 PROXY_PORT = 47022
@@ -135,26 +135,16 @@ def test_agent_completes_rounds_through_delay_rate_limit_and_outages(
     lab = netns_lab(1, LinkSpec(uplink_kbit=2000, downlink_kbit=8000))
     keys = Keys(tmp_path / "keys", ["sat-0"])
     state = tmp_path / "ground-state"
-    ground_config(
+    one_agent_configs(
         tmp_path / "ground.toml",
-        bind=f"tcp://127.0.0.1:{DAEMON_PORT}",
-        state_dir=state,
-        keys=keys,
-        expected_agents=["sat-0"],
-        n_slots=rounds + 1 + extra,
-        deadline_s=600.0,
-        clock=None,
-    )
-    agent_config(
         tmp_path / "sat-0.toml",
         agent_id="sat-0",
-        agent_index=0,
-        n_agents=1,
-        rounds_per_agent=rounds + 1,
+        bind=f"tcp://127.0.0.1:{DAEMON_PORT}",
         endpoint=f"tcp://{lab.ground_addr(0)}:{PROXY_PORT}",
-        state_dir=tmp_path / "sat-0",
+        ground_state=state,
+        agent_state=tmp_path / "sat-0",
         keys=keys,
-        max_rounds=rounds,
+        rounds=rounds,
         extra=extra,
     )
     serve = [python, "-m", "ground", "serve", "--config", str(tmp_path / "ground.toml")]

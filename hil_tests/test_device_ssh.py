@@ -29,7 +29,7 @@ import pytest
 from hil_tests import _device, _rootfs, _sshd
 from hil_tests._faults import Proc
 from hil_tests._ledger import WORK_DIR, RunSummary
-from hil_tests._scenario import Keys, account, agent_config, ground_config
+from hil_tests._scenario import Keys, account, one_agent_configs
 
 REMOTE_DIR = "orbitfl-hil"  # under the device user's home
 EXTRA = 20_000  # float32 padding: an 80 kB update
@@ -149,26 +149,16 @@ def test_device_over_ssh_agent_completes_rounds_against_the_host_daemon(
     local = tmp_path / "dev"  # what goes to the device, under host paths
     keys = Keys(local / "keys", ids)
     state = tmp_path / "ground-state"
-    ground_config(
+    _, cfg = one_agent_configs(
         tmp_path / "ground.toml",
-        bind=f"tcp://0.0.0.0:{port}",
-        state_dir=state,
-        keys=keys,
-        expected_agents=ids,
-        n_slots=ROUNDS + 1 + EXTRA,
-        deadline_s=600.0,
-        clock=None,
-    )
-    cfg = agent_config(
         local / "agent.toml",
         agent_id="dev-0",
-        agent_index=0,
-        n_agents=1,
-        rounds_per_agent=ROUNDS + 1,
+        bind=f"tcp://0.0.0.0:{port}",
         endpoint=f"tcp://{host_addr}:{port}",
-        state_dir=local / "state",
+        ground_state=state,
+        agent_state=local / "state",
         keys=keys,
-        max_rounds=ROUNDS,
+        rounds=ROUNDS,
         extra=EXTRA,
     )
     cfg.write_text(cfg.read_text().replace(str(local), f"{remote}/run"))
@@ -192,7 +182,11 @@ def test_device_over_ssh_agent_completes_rounds_against_the_host_daemon(
         f"PYTHONPATH=$R/{src}:$R/run/py ORBITFL_KERNELS=compiled "
         "../venv/bin/python -m agent run --config $R/run/agent.toml "
         '> "$R/run/agent.log" 2>&1 & pid=$!; '
-        f'{RSS_LOOP}; wait "$pid"; echo "agent_rc=$?"'
+        # A watchdog on the device: a test timeout kills only the local ssh
+        # client, and the agent must not outlive the test there.
+        f'(sleep {int(RUN_TIMEOUT_S) - 30}; kill "$pid") 2>/dev/null & dog=$!; '
+        f'{RSS_LOOP}; wait "$pid"; rc=$?; kill "$dog" 2>/dev/null; '
+        'echo "agent_rc=$rc"'
     )
     t0 = time.monotonic()
     try:
