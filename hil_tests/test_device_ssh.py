@@ -183,8 +183,10 @@ def test_device_over_ssh_agent_completes_rounds_against_the_host_daemon(
         "../venv/bin/python -m agent run --config $R/run/agent.toml "
         '> "$R/run/agent.log" 2>&1 & pid=$!; '
         # A watchdog on the device: a test timeout kills only the local ssh
-        # client, and the agent must not outlive the test there.
-        f'(sleep {int(RUN_TIMEOUT_S) - 30}; kill "$pid") 2>/dev/null & dog=$!; '
+        # client, and the agent must not outlive the test there.  Its streams
+        # go to /dev/null, or its sleep would hold the ssh session open.
+        f'(sleep {int(RUN_TIMEOUT_S) - 30}; kill "$pid") >/dev/null 2>&1 </dev/null '
+        "& dog=$!; "
         f'{RSS_LOOP}; wait "$pid"; rc=$?; kill "$dog" 2>/dev/null; '
         'echo "agent_rc=$rc"'
     )
@@ -198,6 +200,10 @@ def test_device_over_ssh_agent_completes_rounds_against_the_host_daemon(
     (tmp_path / "dev-0.log").write_text(log)
     rss_kb = [int(x) for x in _ssh(target, f"cat {remote}/run/rss_kb.txt").split()]
     assert "agent_rc=0" in out, f"the agent on {kind} failed:\n{log[-3000:]}"
+    assert wall_s < RUN_TIMEOUT_S / 2, (
+        f"ssh returned {wall_s:.0f} s after the start: something left on the "
+        "device held the session open after the agent exited"
+    )
     _scp(target.fetch_argv(f"{remote}/run/state", tmp_path / "dev-state"))
     outcome = account(
         {"dev-0": log}, {"dev-0": tmp_path / "dev-state" / "outbox.sqlite"}, state,
