@@ -36,7 +36,7 @@ from agent import _wire as wire
 from agent._clock import SimClock
 from agent._config import AgentConfig
 from agent._keys import load_public, load_secret
-from agent._model_patch import apply_patch
+from agent._model_patch import patched_model
 from agent._outbox import Outbox, OutboxFull
 from agent._trainer import Trainer
 from agent._transport import CurveClientKeys, DealerTransport
@@ -408,14 +408,9 @@ class Agent:
 
     def _patched(self, msg: wire.Message) -> dict[str, np.ndarray] | None:
         """The model a patch leads to, or None (and a HELLO for the full one)."""
-        base = msg.body["base_version"]
+        version = -1 if self.held is None else self.held[1]
         try:
-            if self.held is None or self.held[1] != base or self._weights is None:
-                raise ValueError(
-                    f"patch from version {base} but this agent holds "
-                    f"{None if self.held is None else self.held[1]}"
-                )
-            return apply_patch(self._weights, msg.body["patch"], msg.body["crc32"])
+            return patched_model(self._weights, version, msg.body)
         except ValueError as exc:
             log.warning("%s: model patch dropped (%s); HELLO for weights", self.id, exc)
             self.held = None

@@ -52,7 +52,7 @@ from agent._demo_relay import (
 )
 from agent._keys import load_allowlist_checked, load_public, load_secret
 from agent._mlp import MLPTrainer
-from agent._model_patch import apply_patch
+from agent._model_patch import patched_model
 from agent._outbox import Outbox
 from agent._transport import CurveClientKeys, DealerTransport
 
@@ -378,12 +378,7 @@ class DemoAgent:
             weights = body["weights"]
             return {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
         try:
-            if self.model is None or body["base_version"] != self.model_version:
-                raise ValueError(
-                    f"patch from version {body['base_version']} but this agent "
-                    f"holds {self.model_version}"
-                )
-            return apply_patch(self.model, body["patch"], body["crc32"])
+            return patched_model(self.model, self.model_version, body)
         except ValueError as exc:
             logger.warning("%s: model patch dropped: %s", self.id, exc)
             # Ask for the full weights at once.

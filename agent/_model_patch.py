@@ -59,6 +59,22 @@ def changed_indices(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     return np.concatenate(parts).astype(np.uint32)
 
 
+def patched_model(
+    held: Mapping[str, np.ndarray] | None, held_version: int, body: Mapping
+) -> dict[str, np.ndarray]:
+    """The model a patch MODEL body leads to from ``held`` (version ``held_version``).
+
+    Raises ``ValueError`` when the patch is not from the held version or does
+    not fit it (see :func:`apply_patch`); the agent then asks for the weights.
+    """
+    base = body["base_version"]
+    if held is None or held_version != base:
+        raise ValueError(
+            f"patch from version {base} but the agent holds {held_version}"
+        )
+    return apply_patch(held, body["patch"], body["crc32"])
+
+
 def apply_patch(
     held: Mapping[str, np.ndarray],
     patch: Mapping[str, tuple[np.ndarray, np.ndarray]],

@@ -45,7 +45,6 @@ from agent import _wire as wire
 from agent._auth import Allowlist, AllowlistAuthenticator
 from agent._clock import SimClock
 from agent._keys import load_secret
-from agent._model_patch import model_crc32
 from agent._transport import apply_options
 from ground import GradientAggregator, UpdateRejected
 from ground._config import GroundConfig
@@ -58,7 +57,7 @@ from ground._journal import (
     write_checkpoint,
 )
 from ground._metrics import DaemonMetrics
-from ground._model_patches import PatchLog
+from ground._model_patches import ModelFrames
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,6 @@ _BATCH = 256
 # A batch also stops at this many received bytes, which bounds how long the
 # first update of a batch waits for its ACK (the journal fsync).
 _BATCH_BYTES = 8 * 1024 * 1024
-_PEER_MODELS_MAX = 65536  # agents whose held model version is remembered
 _POLL_CAP_S = 0.2  # longest poll, so stop() and deadlines are seen promptly
 _CLOSE_POLL_S = 0.002  # poll period while a checkpoint is being written
 # libzmq's own cap sits a little above the application's, so that a message
@@ -129,12 +127,12 @@ class GroundDaemon:
         self._sock: zmq.Socket | None = None
         self._auth: AllowlistAuthenticator | None = None
         self._journal: Journal | None = None
-        self._model_cache: tuple[tuple[int, int], bytes] | None = None
-        # Patches instead of full weights for agents that hold a recent model.
-        self._patch_log = PatchLog()
-        self._patch_cache: dict[tuple[int, int, int], bytes] = {}
-        self._peer_models: dict[bytes, tuple[int, bool]] = {}  # version, patches?
-        self._model_crc = 0
+        # Full weights, or patches for agents that hold a recent model.
+        self._frames = ModelFrames(
+            config.id,
+            lambda: (self._next_seq(), self._now_s()),
+            lambda form: self.metrics.models_sent.labels(form).inc(),
+        )
         # A round close writes its checkpoint in this thread while the loop
         # goes on ingesting the next round; every reply waits in _held until
         # that checkpoint is durable (see _close_round).
@@ -415,7 +413,7 @@ class GroundDaemon:
             if exc.errno == errno.EHOSTUNREACH:
                 self.metrics.send_failures.labels("unreachable").inc()
                 self._peers.pop(identity, None)
-                self._peer_models.pop(identity, None)
+                self._frames.forget(identity)
                 # Its slot goes to the next waiting agent at the next turn.
                 self._credit_wait.pop(identity, None)
                 self._grants.pop(identity, None)
@@ -613,13 +611,7 @@ class GroundDaemon:
 
     def _on_hello(self, msg: wire.Message, identity: bytes, replies: list) -> None:
         held = msg.body["model_version"]
-        patches = "model_patch" in msg.body["capabilities"]
-        if len(self._peer_models) >= _PEER_MODELS_MAX and identity not in (
-            self._peer_models
-        ):
-            # Only a cache: a forgotten agent gets the full weights once.
-            self._peer_models.clear()
-        self._peer_models[identity] = (held, patches)
+        self._frames.heard(identity, held, "model_patch" in msg.body["capabilities"])
         if msg.round == self._round and held == self.session.version:
             self._reply(
                 replies,
@@ -630,99 +622,10 @@ class GroundDaemon:
         replies.append((identity, self._model_for(identity)))
 
     def _model_for(self, identity: bytes) -> bytes:
-        """The MODEL frame for one agent: a patch from what it holds, if smaller.
-
-        What the agent holds is what its last HELLO said, or the model last
-        sent to it; a patch that does not fit is refused by the agent's CRC
-        check, and its next HELLO asks for the full weights.
-        """
-        full = self._model_message()
-        held, patches = self._peer_models.get(identity, (-1, False))
-        self._peer_models[identity] = (self.session.version, patches)
-        if not patches or held < 0:
-            self.metrics.models_sent.labels("weights").inc()
-            return full
-        cache_key = (self._round, self.session.version, held)
-        frame = self._patch_cache.get(cache_key)
-        if frame is None:
-            frame = self._patch_message(held, len(full))
-            # At most one full frame's worth of patches is kept.
-            cached = sum(len(f) for f in self._patch_cache.values())
-            if cached + len(frame) > len(full):
-                self._patch_cache.clear()
-            self._patch_cache[cache_key] = frame
-        self.metrics.models_sent.labels("patch" if frame else "weights").inc()
-        return frame or full
-
-    def _patch_message(self, held: int, full_bytes: int) -> bytes:
-        """Encode the patch from version ``held``; b"" if unknown or not smaller."""
-        changed = self._patch_log.changed_since(held)
-        if changed is None:
-            return b""
-        model = self.session.model
-        nbytes = sum(i.size * (4 + model[n].itemsize) for n, i in changed.items())
-        if nbytes > full_bytes // 2:
-            return b""
-        patch = {
-            name: (idx, model[name].reshape(-1)[idx]) for name, idx in changed.items()
-        }
-        return wire.encode(
-            wire.model_patch(
-                self.config.id,
-                self._round,
-                self._next_seq(),
-                self._now_s(),
-                version=self.session.version,
-                deadline_s=self._deadline_s,
-                base_version=held,
-                patch=patch,
-                crc32=self._model_crc,
-            )
-        )
-
-    def _log_model_step(self) -> None:
-        """Record what changed since the frame about to be replaced was built."""
-        new = self.session.model
-        if self._model_cache is None:
-            self._patch_log.record(None, -1, new, self.session.version)
-            return
-        (_, old_version), frame = self._model_cache
-        # Our own frame: bounded by its own size, not by the inbound cap.
-        limits = wire.Limits(max(len(frame), 64), 1 << 62)
-        old = wire.decode(frame, limits).body["weights"]
-        self._patch_log.record(old, old_version, new, self.session.version)
-
-    def _model_message(self) -> bytes:
-        """The encoded MODEL of the open round, built once and sent to everyone.
-
-        One cached frame (the model's size) serves every HELLO and push of a
-        (round, version); all copies share its seq and send time.
-        """
-        key = (self._round, self.session.version)
-        if self._model_cache is None or self._model_cache[0] != key:
-            self._log_model_step()
-            self._model_cache = None  # free the old one before building anew
-            self._patch_cache.clear()
-            self._model_crc = model_crc32(self.session.model)
-            body = wire.encode_body(
-                wire.MessageType.MODEL,
-                {
-                    "version": self.session.version,
-                    "deadline_s": self._deadline_s,
-                    "weights": self.session.model,
-                },
-            )
-            frame = wire.encode_envelope(
-                wire.MessageType.MODEL,
-                self.config.id,
-                self._round,
-                self._next_seq(),
-                self._now_s(),
-                body,
-            )
-            del body
-            self._model_cache = (key, frame)
-        return self._model_cache[1]
+        return self._frames.for_peer(
+            identity, self._round, self.session.version, self._deadline_s,
+            self.session.model,
+        )  # fmt: skip
 
     def _on_update(self, msg: wire.Message, identity: bytes, replies: list) -> None:
         of = (msg.sender, msg.round, msg.seq)
