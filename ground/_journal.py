@@ -98,7 +98,6 @@ class Journal:
         self._seen_path = self.dir / "seen.log"
         self._open: tuple[int, Any] | None = None
         self._queued: list = []  # record parts not yet written (see write)
-        self._queued_bytes = 0
         self._keys: dict[int, list[list]] = {}  # epoch -> keys appended this run
         self._dirty = False
         # Cut any torn tail now, so that new records follow intact ones.
@@ -159,7 +158,6 @@ class Journal:
         length = len(prefix) + len(row.body)
         crc = zlib.crc32(row.body, zlib.crc32(prefix))
         self._queued += (_HEADER.pack(length, crc), prefix, row.body)
-        self._queued_bytes += _HEADER.size + length
         if len(self._queued) > _MAX_IOV:
             self._flush()
         self._dirty = True
@@ -167,15 +165,9 @@ class Journal:
 
     def _flush(self) -> None:
         """Write the queued record parts to the open log."""
-        parts, total = self._queued, self._queued_bytes
-        self._queued, self._queued_bytes = [], 0
-        if not parts:
-            return
-        done = os.writev(self._open[1], parts)
-        if done != total:  # a short write: finish it byte by byte
-            rest = b"".join(parts)[done:]
-            while rest:
-                rest = rest[os.write(self._open[1], rest) :]
+        parts, self._queued = self._queued, []
+        if parts:
+            _write_all(self._open[1], parts)
 
     def sync(self) -> None:
         """Make every record written so far durable (one writev, one fsync)."""
