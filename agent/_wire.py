@@ -58,7 +58,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from agent._arrays import ArrayFormatError, pack_array, unpack_array
+from agent import _wire_bodies as bodies
+from agent._arrays import ArrayFormatError, pack_array
+from agent._wire_bodies import SchemaError as _SchemaError
+from agent._wire_bodies import is_int as _is_int
 
 PROTOCOL_VERSION = 1
 GROUND_ID = "ground"
@@ -423,10 +426,6 @@ def _read(data: bytes | memoryview, limit: int, what: str, *, envelope: bool) ->
         raise MalformedMessage(f"{what} is not valid bounded msgpack: {exc}") from None
 
 
-def _is_int(v: Any) -> bool:
-    return type(v) is int
-
-
 def decode(data: bytes | memoryview, limits: Limits = Limits()) -> Message:
     """Decode one frame into a :class:`Message`, validating everything.
 
@@ -533,168 +532,15 @@ def decode_body(
         ) from None
 
 
-class _SchemaError(ValueError):
-    def __init__(self, message: str, value: Any = None) -> None:
-        super().__init__(message)
-        self.value = value
-
-
-def _require(body: dict, key: str, check, expected: str) -> Any:
-    if key not in body:
-        raise _SchemaError(f"field {key!r} is missing; expected {expected}")
-    value = body[key]
-    if not check(value):
-        shown = (
-            repr(value)
-            if not isinstance(value, bytes | dict | list)
-            else (f"a {type(value).__name__} of length {len(value)}")
-        )
-        raise _SchemaError(f"field {key!r} is {shown}; expected {expected}", value)
-    return value
-
-
-def _unpack_tensors(obj: Any, limits: Limits, what: str) -> dict[str, np.ndarray]:
-    if not isinstance(obj, dict):
-        raise _SchemaError(f"{what} must be a map of name -> array")
-    out = {}
-    for name, packed in obj.items():
-        try:
-            out[name] = unpack_array(packed, max_elements=limits.max_elements)
-        except ArrayFormatError as exc:
-            raise _SchemaError(f"{what}[{name!r}]: {exc}", exc.value) from None
-    return out
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_hello(body: dict, limits: Limits) -> dict:
-    _require(body, "model_version", lambda v: _is_int(v) and v >= -1, "an int >= -1")
-    _require(
-        body,
-        "capabilities",
-        lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
-        "a list of strings",
-    )
-    return body
-
-
-def _check_model(body: dict, limits: Limits) -> dict:
-    _require(body, "version", lambda v: _is_int(v) and v >= 0, "an int >= 0")
-    _require(body, "deadline_s", _finite, "a finite number of Unix seconds")
-    if ("weights" in body) == ("patch" in body):
-        raise _SchemaError("a MODEL carries exactly one of 'weights' and 'patch'")
-    if "weights" in body:
-        weights = _require(body, "weights", lambda v: isinstance(v, dict), "a map")
-        body["weights"] = _unpack_tensors(weights, limits, "weights")
-        return body
-    version = body["version"]
-    _require(
-        body,
-        "base_version",
-        lambda v: _is_int(v) and 0 <= v <= version,
-        f"an int from 0 to the version, {version}",
-    )
-    _require(body, "crc32", lambda v: _is_int(v) and 0 <= v < 1 << 32, "a u32")
-    patch = _require(body, "patch", lambda v: isinstance(v, dict), "a map")
-    out = {}
-    for name, pair in patch.items():
-        if not isinstance(name, str):
-            raise _SchemaError(f"patch tensor name {name!r} must be a str", name)
-        if not (isinstance(pair, list) and len(pair) == 2):
-            raise _SchemaError(f"patch[{name!r}] must be [indices, values]", pair)
-        try:
-            idx, values = (
-                unpack_array(a, max_elements=limits.max_elements) for a in pair
-            )
-        except ArrayFormatError as exc:
-            raise _SchemaError(f"patch[{name!r}]: {exc}", exc.value) from None
-        if idx.dtype != np.uint32 or idx.ndim != 1 or values.shape != idx.shape:
-            raise _SchemaError(
-                f"patch[{name!r}] holds {idx.dtype}{idx.shape} indices and "
-                f"{values.dtype}{values.shape} values; expected uint32 indices "
-                "and values of one length, both 1-D"
-            )
-        out[name] = (idx, values)
-    body["patch"] = out
-    return body
-
-
-def _check_update(body: dict, limits: Limits) -> dict:
-    _require(body, "base_version", lambda v: _is_int(v) and v >= -1, "an int >= -1")
-    _require(body, "num_samples", _is_int, "an int")
-    _require(
-        body,
-        "metrics",
-        lambda v: isinstance(v, dict) and all(_finite(x) for x in v.values()),
-        "a map of name -> finite number",
-    )
-    if ("update" in body) == ("delta" in body):
-        raise _SchemaError(
-            "an UPDATE must carry exactly one of 'update' (compressed) or "
-            f"'delta' (dense); it has {sorted(set(body) & {'update', 'delta'})}"
-        )
-    if "delta" in body:
-        body["delta"] = _unpack_tensors(body["delta"], limits, "delta")
-    # A compressed update stays in its wire form here; decode_update() turns it
-    # into a CompressedUpdate, so that the wire layer does not import the
-    # compression kernels.
-    return body
-
-
-def _check_of(v: Any) -> bool:
-    return (
-        isinstance(v, list)
-        and len(v) == 3
-        and isinstance(v[0], str)
-        and _is_int(v[1])
-        and _is_int(v[2])
-    )
-
-
-def _check_ack(body: dict, limits: Limits) -> dict:
-    _require(body, "of", _check_of, "[sender, round, seq]")
-    _require(body, "duplicate", lambda v: isinstance(v, bool), "a bool")
-    return body
-
-
-def _check_nack(body: dict, limits: Limits) -> dict:
-    _require(body, "of", _check_of, "[sender, round, seq]")
-    _require(body, "reason", lambda v: isinstance(v, str), "a string")
-    _require(body, "detail", lambda v: isinstance(v, str), "a string")
-    return body
-
-
-def _check_heartbeat(body: dict, limits: Limits) -> dict:
-    _require(body, "model_version", lambda v: _is_int(v) and v >= -1, "an int >= -1")
-    return body
-
-
-def _check_credit(body: dict, limits: Limits) -> dict:
-    _require(body, "of", _check_of, "[sender, round, seq]")
-    return body
-
-
-def _check_relay(body: dict, limits: Limits) -> dict:
-    _require(
-        body,
-        "message",
-        lambda v: isinstance(v, bytes) and 0 < len(v) <= limits.max_message_bytes,
-        f"an encoded UPDATE frame of 1 to {limits.max_message_bytes} bytes",
-    )
-    return body
-
-
 _BODY_CHECKS = {
-    MessageType.HELLO: _check_hello,
-    MessageType.MODEL: _check_model,
-    MessageType.UPDATE: _check_update,
-    MessageType.ACK: _check_ack,
-    MessageType.NACK: _check_nack,
-    MessageType.HEARTBEAT: _check_heartbeat,
-    MessageType.CREDIT: _check_credit,
-    MessageType.RELAY: _check_relay,
+    MessageType.HELLO: bodies.check_hello,
+    MessageType.MODEL: bodies.check_model,
+    MessageType.UPDATE: bodies.check_update,
+    MessageType.ACK: bodies.check_ack,
+    MessageType.NACK: bodies.check_nack,
+    MessageType.HEARTBEAT: bodies.check_heartbeat,
+    MessageType.CREDIT: bodies.check_credit,
+    MessageType.RELAY: bodies.check_relay,
 }
 
 
